@@ -1,0 +1,37 @@
+"""The ``streamscore`` command: one entry point, a subcommand per task."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "kafka": ("jobs.kafka_local", "start/stop/status/reset the local KRaft broker"),
+    "generate": ("jobs.generate", "synthetic traffic to Kafka or an Avro file"),
+    "train": ("models.train", "train and register the GBDT and MLP models (ONNX)"),
+    "run": ("jobs.flink_job", "run the Flink job on the embedded mini-cluster"),
+    "cluster": ("jobs.cluster", "start/stop a standalone Flink session cluster, submit the job"),
+    "demo": ("jobs.demo", "the whole pipeline end to end, with a JSON summary"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: streamscore <command> [--help] [args]", "", "commands:"]
+    lines += [f"  {name:<10} {desc}" for name, (_, desc) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    if args[0] not in COMMANDS:
+        print(f"unknown command {args[0]!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[args[0]][0])
+    return int(module.main(args[1:]) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""The one frozen, validated configuration object of the Flink job.
+
+Every field can be set by the environment variable named in its comment.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from jobs.paths import REGISTRY
+from transforms.codecs import ValidationLimits
+
+
+def _env_bool(v: str) -> bool:
+    return v.strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    # STREAMSCORE_BOOTSTRAP: Kafka bootstrap servers
+    bootstrap_servers: str = "127.0.0.1:9092"
+    # STREAMSCORE_EVENTS_TOPIC / _SCORES_TOPIC / _SNAPSHOTS_TOPIC / _DEAD_LETTERS_TOPIC
+    events_topic: str = "events"
+    scores_topic: str = "scores"
+    snapshots_topic: str = "feature-snapshots"
+    dead_letters_topic: str = "dead-letters"
+    # STREAMSCORE_GROUP_ID: consumer group of the job's Kafka source
+    group_id: str = "streamscore-job"
+    # STREAMSCORE_BOUNDED: stop at the end offsets seen at start (demo, tests, bench)
+    bounded: bool = True
+    # STREAMSCORE_PARALLELISM: default operator parallelism
+    parallelism: int = 1
+    # STREAMSCORE_SPEC: feature spec YAML (empty: the packaged default)
+    spec_path: str = ""
+    # STREAMSCORE_REGISTRY: model registry manifest
+    registry_path: str = str(REGISTRY)
+    # STREAMSCORE_MODEL / STREAMSCORE_FALLBACK_MODEL: registry names of the served and
+    # known-good models
+    model_name: str = "gbdt"
+    fallback_model_name: str = "mlp"
+    # STREAMSCORE_DEFAULT_SCORE: score when no model can serve
+    default_score: float = 0.05
+    # STREAMSCORE_LATENCY_BUDGET_MS: a scoring batch slower than this falls back
+    latency_budget_ms: float = 250.0
+    # STREAMSCORE_BUNDLE_SIZE / STREAMSCORE_BUNDLE_TIME_MS / STREAMSCORE_ARROW_BATCH:
+    # Python UDF bundling (rows per bundle, max wait) and Arrow batch rows
+    bundle_size: int = 10_000
+    bundle_time_ms: int = 20
+    arrow_batch_size: int = 2_000
+    # STREAMSCORE_BUFFER_TIMEOUT_MS: network buffer flush interval
+    buffer_timeout_ms: int = 10
+    # STREAMSCORE_CHECKPOINT_MS: checkpoint interval, 0 disables checkpointing
+    checkpoint_interval_ms: int = 0
+    # STREAMSCORE_SINK_LINGER_MS: Kafka producer linger of the sinks
+    sink_linger_ms: int = 5
+    # STREAMSCORE_SOURCE_IDLE_MS: partitions idle this long stop holding the watermark back
+    source_idle_ms: int = 5_000
+    # STREAMSCORE_MAX_KEY_BYTES / STREAMSCORE_MIN_TS_MS / STREAMSCORE_MAX_TS_MS: validation
+    limits: ValidationLimits = field(default_factory=ValidationLimits)
+
+    def __post_init__(self) -> None:
+        if not self.bootstrap_servers:
+            raise ValueError("bootstrap_servers is empty")
+        if self.parallelism < 1:
+            raise ValueError("parallelism must be >= 1")
+        if self.bundle_size < 1 or self.arrow_batch_size < 1 or self.arrow_batch_size > self.bundle_size:
+            raise ValueError("need 1 <= arrow_batch_size <= bundle_size")
+        if self.bundle_time_ms < 1 or self.buffer_timeout_ms < 0 or self.checkpoint_interval_ms < 0:
+            raise ValueError("bundle_time_ms must be >= 1; buffer and checkpoint intervals >= 0")
+        if not 0.0 <= self.default_score <= 1.0:
+            raise ValueError("default_score must be in [0, 1]")
+        if self.latency_budget_ms <= 0:
+            raise ValueError("latency_budget_ms must be > 0")
+        for t in (self.events_topic, self.scores_topic, self.snapshots_topic, self.dead_letters_topic):
+            if not t or "'" in t:
+                raise ValueError(f"bad topic name {t!r}")
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> JobConfig:
+        """Defaults, then STREAMSCORE_* variables, then ``overrides``."""
+        e = os.environ
+        names = {
+            "bootstrap_servers": "BOOTSTRAP", "events_topic": "EVENTS_TOPIC", "scores_topic": "SCORES_TOPIC",
+            "snapshots_topic": "SNAPSHOTS_TOPIC", "dead_letters_topic": "DEAD_LETTERS_TOPIC",
+            "group_id": "GROUP_ID", "bounded": "BOUNDED", "parallelism": "PARALLELISM", "spec_path": "SPEC",
+            "registry_path": "REGISTRY", "model_name": "MODEL", "fallback_model_name": "FALLBACK_MODEL",
+            "default_score": "DEFAULT_SCORE", "latency_budget_ms": "LATENCY_BUDGET_MS",
+            "bundle_size": "BUNDLE_SIZE", "bundle_time_ms": "BUNDLE_TIME_MS", "arrow_batch_size": "ARROW_BATCH",
+            "buffer_timeout_ms": "BUFFER_TIMEOUT_MS", "checkpoint_interval_ms": "CHECKPOINT_MS",
+            "sink_linger_ms": "SINK_LINGER_MS", "source_idle_ms": "SOURCE_IDLE_MS",
+        }
+        types = {f.name: f.type for f in fields(cls)}
+        kw: dict[str, object] = {}
+        for name, suffix in names.items():
+            raw = e.get(f"STREAMSCORE_{suffix}")
+            if raw is None:
+                continue
+            t = types[name]
+            kw[name] = _env_bool(raw) if t == "bool" else int(raw) if t == "int" else float(raw) if t == "float" else raw
+        lim = ValidationLimits(
+            max_key_bytes=int(e.get("STREAMSCORE_MAX_KEY_BYTES", ValidationLimits.max_key_bytes)),
+            min_ts_ms=int(e.get("STREAMSCORE_MIN_TS_MS", ValidationLimits.min_ts_ms)),
+            max_ts_ms=int(e.get("STREAMSCORE_MAX_TS_MS", ValidationLimits.max_ts_ms)),
+        )
+        kw["limits"] = lim
+        kw.update(overrides)
+        return cls(**kw)  # type: ignore[arg-type]
+
+    def spec_file(self) -> Path | None:
+        return Path(self.spec_path) if self.spec_path else None

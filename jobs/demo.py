@@ -1,0 +1,111 @@
+"""``streamscore demo``: start Kafka, generate traffic with malformed records, train the
+models if missing, run the Flink job on the embedded mini-cluster until the events are
+consumed, read the outputs back, stop what it started, and print a JSON summary."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from jobs import kafka_local
+from jobs.config import JobConfig
+from jobs.generator import TrafficConfig, generate_events
+from jobs.kafka_io import produce_events
+from jobs.outputs import percentile, read_outputs
+from jobs.paths import REGISTRY
+
+
+def _log(msg: str) -> None:
+    print(f"[demo] {msg}", file=sys.stderr, flush=True)
+
+
+def reset_topics(bootstrap: str, names: list[str]) -> None:
+    """Delete and recreate ``names`` so the demo counts only its own records."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    existing = set(admin.list_topics(timeout=10).topics)
+    doomed = [n for n in names if n in existing]
+    if doomed:
+        for fut in admin.delete_topics(doomed, operation_timeout=30).values():
+            fut.result()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and set(doomed) & set(admin.list_topics(timeout=10).topics):
+            time.sleep(0.3)
+    for _ in range(20):  # deletion is asynchronous: retry creation until it takes
+        try:
+            kafka_local.create_topics(bootstrap, {n: kafka_local.TOPICS[n] for n in names})
+            return
+        except RuntimeError:
+            time.sleep(0.5)
+    kafka_local.create_topics(bootstrap, {n: kafka_local.TOPICS[n] for n in names})
+
+
+def demo(n_events: int, malformed_every: int, seed: int) -> dict[str, Any]:
+    broker = kafka_local.BrokerConfig.from_env()
+    was_running = kafka_local.answers(broker.bootstrap)
+    kafka_local.start(broker)
+    try:
+        if not REGISTRY.exists():
+            _log("no model registry: training")
+            from models.train import main as train_main
+
+            train_main([])
+        reset_topics(broker.bootstrap, ["events", "scores", "feature-snapshots", "dead-letters"])
+        traffic = TrafficConfig(seed=seed, out_of_order_fraction=0.05)
+        _log(f"producing {n_events} events (5% out of order) + 1 malformed every {malformed_every}")
+        rep = produce_events(broker.bootstrap, "events", generate_events(n_events, traffic), total=n_events,
+                             malformed_every=malformed_every, seed=seed)
+        cfg = JobConfig.from_env(bootstrap_servers=broker.bootstrap, bounded=True)
+        _log("running the Flink job (embedded mini-cluster) until the events are consumed")
+        from jobs.flink_job import run
+
+        t0 = time.monotonic()
+        info = run(cfg)
+        wall = time.monotonic() - t0
+        _log(f"job finished in {wall:.1f}s; reading outputs")
+        out = read_outputs(broker.bootstrap)
+        lat = out.window_to_score_ms()
+        span = out.processing_span_s()
+        return {
+            "events_in": rep.total,
+            "events_valid": rep.events,
+            "malformed_injected": rep.malformed,
+            "scores_out": len(out.scores),
+            "snapshots_out": len(out.snapshots),
+            "dead_letters": len(out.dead_letters),
+            "dead_letters_by_reason": out.dead_letter_reasons(),
+            "job_wall_s": round(wall, 2),
+            "processing_span_s": round(span, 2),
+            "events_per_s": round(rep.total / span, 1) if span > 0 else None,
+            "events_per_s_incl_startup": round(rep.total / wall, 1),
+            "p50_window_to_score_ms": percentile(lat, 50),
+            "p99_window_to_score_ms": percentile(lat, 99),
+            "feature_set_version": info["feature_set_version"],
+        }
+    finally:
+        if not was_running:
+            kafka_local.stop(broker)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="streamscore demo", description=__doc__.splitlines()[0])
+    ap.add_argument("--events", type=int, default=1_000_000, help="events to generate (default 1000000)")
+    ap.add_argument("--malformed-every", type=int, default=10_000,
+                    help="inject one malformed record after every N events (default 10000)")
+    ap.add_argument("--seed", type=int, default=7, help="generator seed (default 7)")
+    args = ap.parse_args(argv)
+    summary = demo(args.events, args.malformed_every, args.seed)
+    ok = summary["scores_out"] > 0 and summary["snapshots_out"] > 0 and \
+        summary["dead_letters"] == summary["malformed_injected"]
+    if not ok:
+        _log("FAILED: expected scores, snapshots, and one dead letter per malformed record")
+    print(json.dumps(summary))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

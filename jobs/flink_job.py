@@ -1,0 +1,202 @@
+"""The streamscore Flink job (PyFlink Table API + SQL compiled from the feature spec).
+
+events (Kafka, raw bytes) -> JVM Avro decode + validation (``DecodeEvent`` UDF)
+  -> bad records and late events -> dead-letters
+  -> event time, bounded-out-of-orderness watermark -> windowed aggregations (Flink SQL)
+  -> feature-snapshots; scoring groups joined per user and window end
+  -> vectorized Python map: one ONNX call per Arrow batch -> scores
+
+Runs on the embedded mini-cluster (``streamscore run``) or on a standalone session
+cluster (``flink run -py jobs/flink_job.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+if __package__ in (None, ""):  # `flink run -py jobs/flink_job.py`
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent))
+
+from jobs.config import JobConfig  # noqa: E402
+from jobs.paths import flink_jar_urls  # noqa: E402
+from transforms.avro_sql import columns_ddl, field_names  # noqa: E402
+from transforms.scoring import Registry, RegistryError  # noqa: E402
+from transforms.spec import FeatureSpec, load_spec  # noqa: E402
+from transforms.sql_compiler import group_query, interval, model_input_query, snapshot_query  # noqa: E402
+
+
+class JobSetupError(RuntimeError):
+    """The job refuses to start (bad configuration, missing jars, model/spec mismatch)."""
+
+
+def check_models(cfg: JobConfig, spec: FeatureSpec) -> None:
+    """Refuse to serve a primary model trained on another feature-set version."""
+    try:
+        entry = Registry(__import__("pathlib").Path(cfg.registry_path)).get(cfg.model_name)
+    except RegistryError as exc:
+        print(f"[job] warning: {exc}; scores will come from the fallback chain", file=sys.stderr)
+        return
+    if entry.feature_set_version != spec.version:
+        raise JobSetupError(
+            f"model {entry.name}:{entry.version} was trained on feature set {entry.feature_set_version}, "
+            f"but the running spec is {spec.version}; retrain (`streamscore train`) or run the matching spec")
+
+
+def _kafka_sink(name: str, topic: str, schema: str, key_col: str, cfg: JobConfig) -> str:
+    return (
+        f"CREATE TEMPORARY TABLE {name} (`kafka_key` STRING NOT NULL, {columns_ddl(schema)}) WITH ("
+        f"'connector'='kafka', 'topic'='{topic}', 'properties.bootstrap.servers'='{cfg.bootstrap_servers}', "
+        f"'key.format'='raw', 'key.fields'='kafka_key', 'value.format'='avro', "
+        f"'value.fields-include'='EXCEPT_KEY', 'sink.delivery-guarantee'='at-least-once', "
+        f"'properties.linger.ms'='{cfg.sink_linger_ms}', 'properties.compression.type'='lz4')"
+    ) if key_col else (
+        f"CREATE TEMPORARY TABLE {name} ({columns_ddl(schema)}) WITH ("
+        f"'connector'='kafka', 'topic'='{topic}', 'properties.bootstrap.servers'='{cfg.bootstrap_servers}', "
+        f"'format'='avro', 'sink.delivery-guarantee'='at-least-once', "
+        f"'properties.linger.ms'='{cfg.sink_linger_ms}')"
+    )
+
+
+def decode_call(cfg: JobConfig, writer_version: int = 1, reader_version: int = 1) -> str:
+    """The JVM decode UDF call; schema files and limits travel as literals."""
+    lim = cfg.limits
+    return (f"decode_event(`value`, 'event.v{writer_version}.avsc', 'event.v{reader_version}.avsc', "
+            f"{lim.max_key_bytes}, CAST({lim.min_ts_ms} AS BIGINT), CAST({lim.max_ts_ms} AS BIGINT))")
+
+
+def source_ddl(cfg: JobConfig, spec: FeatureSpec) -> str:
+    bounded = "'scan.bounded.mode'='latest-offset', " if cfg.bounded else ""
+    return (
+        "CREATE TEMPORARY TABLE events_raw ("
+        " `value` BYTES,"
+        " `src_partition` INT METADATA FROM 'partition' VIRTUAL,"
+        " `src_offset` BIGINT METADATA FROM 'offset' VIRTUAL,"
+        f" `ev` AS {decode_call(cfg)},"
+        f" `ts` AS TO_TIMESTAMP_LTZ(COALESCE({decode_call(cfg)}.`ts_ms`, 0), 3),"
+        f" WATERMARK FOR `ts` AS `ts` - {interval(spec.watermark_delay_ms)}"
+        ") WITH ("
+        f"'connector'='kafka', 'topic'='{cfg.events_topic}', "
+        f"'properties.bootstrap.servers'='{cfg.bootstrap_servers}', 'properties.group.id'='{cfg.group_id}', "
+        f"'scan.startup.mode'='earliest-offset', {bounded}'format'='raw', "
+        "'scan.watermark.emit.strategy'='on-event', "
+        f"'scan.watermark.idle-timeout'='{cfg.source_idle_ms} ms', "
+        "'properties.fetch.max.bytes'='52428800', 'properties.max.partition.fetch.bytes'='10485760')"
+    )
+
+
+@dataclass
+class BuiltJob:
+    t_env: Any
+    statements: Any
+    spec: FeatureSpec
+
+
+def build(cfg: JobConfig) -> BuiltJob:
+    """Create the table environment and the statement set of the job (not yet executed)."""
+    from pyflink.table import EnvironmentSettings, TableEnvironment
+
+    from jobs.flink_udfs import ScoreBatch, score_udf
+
+    spec = load_spec(cfg.spec_file())
+    check_models(cfg, spec)
+    try:
+        jars = flink_jar_urls()
+    except FileNotFoundError as exc:
+        raise JobSetupError(str(exc)) from exc
+    t_env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
+    conf = t_env.get_config()
+    settings = {
+        "pipeline.jars": ";".join(jars),
+        "pipeline.name": "streamscore",
+        "pipeline.object-reuse": "true",
+        "table.local-time-zone": "UTC",
+        "parallelism.default": str(cfg.parallelism),
+        "execution.buffer-timeout.interval": f"{cfg.buffer_timeout_ms} ms",
+        "python.executable": sys.executable,
+        "python.client.executable": sys.executable,
+        "python.fn-execution.bundle.size": str(cfg.bundle_size),
+        "python.fn-execution.bundle.time": str(cfg.bundle_time_ms),
+        "python.fn-execution.arrow.batch.size": str(cfg.arrow_batch_size),
+        "table.exec.source.idle-timeout": f"{cfg.source_idle_ms} ms",
+    }
+    if cfg.checkpoint_interval_ms:
+        settings["execution.checkpointing.interval"] = f"{cfg.checkpoint_interval_ms} ms"
+    for k, v in settings.items():
+        conf.set(k, v)
+
+    t_env.create_java_temporary_system_function("decode_event", "io.streamscore.udf.DecodeEvent")
+    t_env.execute_sql(source_ddl(cfg, spec))
+    ev_cols = ", ".join(f"`ev`.`{c}` AS `{c}`" for c in field_names("event"))
+    t_env.execute_sql(
+        f"CREATE TEMPORARY VIEW decoded AS SELECT {ev_cols}, `ev`.`reason` AS reason, `ev`.`detail` AS detail,"
+        " `value` AS `raw_value`, src_partition, src_offset, ts FROM events_raw")
+    t_env.execute_sql(
+        "CREATE TEMPORARY VIEW accepted_events AS SELECT * FROM decoded WHERE reason IS NULL"
+        " AND (CURRENT_WATERMARK(ts) IS NULL OR ts > CURRENT_WATERMARK(ts))")
+    for g in spec.groups:
+        t_env.execute_sql(f"CREATE TEMPORARY VIEW grp_{g.name} AS {group_query(g, 'accepted_events')}")
+
+    t_env.execute_sql(_kafka_sink("dead_letters_sink", cfg.dead_letters_topic, "dead_letter", "", cfg))
+    t_env.execute_sql(_kafka_sink("snapshots_sink", cfg.snapshots_topic, "feature_snapshot", "key", cfg))
+    t_env.execute_sql(_kafka_sink("scores_sink", cfg.scores_topic, "scored_result", "key", cfg))
+
+    stmts = t_env.create_statement_set()
+    topic = cfg.events_topic
+    stmts.add_insert_sql(
+        "INSERT INTO dead_letters_sink"
+        f" SELECT reason, COALESCE(detail, ''), '{topic}', src_partition, src_offset, COALESCE(`raw_value`, x''), 1"
+        " FROM decoded WHERE reason IS NOT NULL"
+        f" UNION ALL SELECT 'late', 'event time at or behind the watermark', '{topic}', src_partition,"
+        " src_offset, `raw_value`, 1 FROM decoded WHERE reason IS NULL AND CURRENT_WATERMARK(ts) IS NOT NULL"
+        " AND ts <= CURRENT_WATERMARK(ts)")
+    snaps = " UNION ALL ".join(
+        f"SELECT CONCAT('{g.name}|', entity_id), * FROM ({snapshot_query(g, f'grp_{g.name}', spec.version)})"
+        for g in spec.groups)
+    stmts.add_insert_sql(f"INSERT INTO snapshots_sink {snaps}")
+
+    model_input = t_env.sql_query(model_input_query(spec, {g: f"grp_{g}" for g in spec.scoring_groups}))
+    scorer = ScoreBatch(cfg.registry_path, cfg.model_name, cfg.fallback_model_name, spec.version,
+                        len(spec.model_feature_names), cfg.default_score, cfg.latency_budget_ms)
+    scored = model_input.map(score_udf(scorer))
+    t_env.create_temporary_view("scored", scored)
+    stmts.add_insert_sql(
+        "INSERT INTO scores_sink SELECT user_id, user_id, window_start_ms, window_end_ms, score, model_name,"
+        f" model_version, arm, fallback_reason, '{spec.version}', fired_at_ms, scored_at_ms, 1 FROM scored")
+    return BuiltJob(t_env, stmts, spec)
+
+
+def run(cfg: JobConfig, wait: bool = True) -> dict[str, Any]:
+    """Build and execute the job; with ``wait`` block until a bounded run finishes."""
+    t0 = time.monotonic()
+    job = build(cfg)
+    result = job.statements.execute()
+    client = result.get_job_client()
+    job_id = str(client.get_job_id()) if client is not None else ""
+    print(f"[job] submitted {job_id} (feature set {job.spec.version})", file=sys.stderr, flush=True)
+    if wait:
+        result.wait()
+    return {"job_id": job_id, "seconds": time.monotonic() - t0, "feature_set_version": job.spec.version}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="streamscore run", description="Run the streamscore Flink job. "
+                                 "Configuration comes from STREAMSCORE_* variables (see jobs/config.py).")
+    ap.add_argument("--unbounded", action="store_true", help="keep running after the current end of events")
+    ap.add_argument("--no-wait", action="store_true", help="return after submitting")
+    ap.add_argument("--explain", action="store_true", help="print the optimized plan and exit")
+    args = ap.parse_args(argv)
+    cfg = JobConfig.from_env(**({"bounded": False} if args.unbounded else {}))
+    if args.explain:
+        print(build(cfg).statements.explain())
+        return 0
+    print(json.dumps(run(cfg, wait=not args.no_wait)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,277 @@
+"""A local single-node Kafka 4.x broker in KRaft mode, run as a plain JVM process from
+the Maven Central jars in ``.cache/jars/kafka`` on 127.0.0.1.
+
+``start`` formats the data folder on first use, starts the broker (or finds it already
+running), waits until it answers and creates the topics; ``stop`` ends it cleanly.
+Both are idempotent and survive a crash (a stale pid file is ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from jobs.paths import CACHE, KAFKA_JARS
+
+# name -> (partitions, extra topic config)
+TOPICS: dict[str, tuple[int, dict[str, str]]] = {
+    "events": (1, {}),
+    "scores": (1, {"message.timestamp.type": "LogAppendTime"}),
+    "feature-snapshots": (1, {"cleanup.policy": "compact"}),
+    "dead-letters": (1, {}),
+    "alerts": (1, {}),
+    "model-control": (1, {"cleanup.policy": "compact"}),
+}
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """Local broker settings. Environment variables override the defaults."""
+
+    # STREAMSCORE_KAFKA_PORT: client listener port on 127.0.0.1
+    port: int = 9092
+    # STREAMSCORE_KAFKA_DIR: data, logs and pid file (git-ignored)
+    data_dir: Path = field(default=CACHE / "kafka")
+    # STREAMSCORE_KAFKA_HEAP_MB: broker JVM heap
+    heap_mb: int = 1024
+    # STREAMSCORE_EVENTS_PARTITIONS: partitions of the events topic
+    events_partitions: int = 1
+
+    def __post_init__(self) -> None:
+        if not 1024 <= self.port <= 65534:
+            raise ValueError(f"port {self.port} out of range")
+        if self.heap_mb < 256:
+            raise ValueError("heap_mb must be >= 256")
+        if self.events_partitions < 1:
+            raise ValueError("events_partitions must be >= 1")
+
+    @classmethod
+    def from_env(cls) -> BrokerConfig:
+        e = os.environ
+        return cls(
+            port=int(e.get("STREAMSCORE_KAFKA_PORT", "9092")),
+            data_dir=Path(e.get("STREAMSCORE_KAFKA_DIR", str(CACHE / "kafka"))),
+            heap_mb=int(e.get("STREAMSCORE_KAFKA_HEAP_MB", "1024")),
+            events_partitions=int(e.get("STREAMSCORE_EVENTS_PARTITIONS", "1")),
+        )
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.data_dir / "broker.pid"
+
+
+def _log(msg: str) -> None:
+    print(f"[kafka] {msg}", file=sys.stderr, flush=True)
+
+
+def _write_config(cfg: BrokerConfig) -> Path:
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    props = cfg.data_dir / "server.properties"
+    ctrl = cfg.port + 1
+    props.write_text(
+        "\n".join([
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"controller.quorum.voters=1@127.0.0.1:{ctrl}",
+            f"listeners=PLAINTEXT://127.0.0.1:{cfg.port},CONTROLLER://127.0.0.1:{ctrl}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{cfg.port}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            f"log.dirs={cfg.data_dir / 'data'}",
+            "num.partitions=1",
+            "offsets.topic.replication.factor=1",
+            "offsets.topic.num.partitions=4",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "transaction.state.log.num.partitions=4",
+            "share.coordinator.state.topic.replication.factor=1",
+            "share.coordinator.state.topic.min.isr=1",
+            "group.initial.rebalance.delay.ms=0",
+            "auto.create.topics.enable=false",
+            "log.retention.hours=24",
+            "message.max.bytes=10485760",
+            "",
+        ])
+    )
+    log4j = cfg.data_dir / "log4j2.properties"
+    log4j.write_text(
+        "\n".join([
+            "rootLogger.level=WARN",
+            "rootLogger.appenderRef.file.ref=file",
+            "appender.file.type=File",
+            "appender.file.name=file",
+            f"appender.file.fileName={cfg.data_dir / 'broker.log'}",
+            "appender.file.layout.type=PatternLayout",
+            "appender.file.layout.pattern=[%d] %p %m (%c)%n",
+            "logger.kafka.name=kafka",
+            "logger.kafka.level=INFO",
+            "",
+        ])
+    )
+    return props
+
+
+def _java_cmd(cfg: BrokerConfig, main: str, *args: str) -> list[str]:
+    if not KAFKA_JARS.exists() or not any(KAFKA_JARS.glob("kafka_2.13-*.jar")):
+        raise FileNotFoundError(f"Kafka jars missing in {KAFKA_JARS}: run `make jars`")
+    return [
+        "java", f"-Xmx{cfg.heap_mb}m", f"-Xms{min(cfg.heap_mb, 512)}m",
+        f"-Dlog4j2.configurationFile={cfg.data_dir / 'log4j2.properties'}",
+        "-cp", f"{KAFKA_JARS}/*", main, *args,
+    ]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    try:  # a zombie counts as dead
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+        return state != "Z"
+    except OSError:
+        return True
+
+
+def _read_pid(cfg: BrokerConfig) -> int | None:
+    try:
+        pid = int(cfg.pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if _alive(pid) else None
+
+
+def answers(bootstrap: str, timeout_s: float = 2.0) -> bool:
+    """True when a broker at ``bootstrap`` returns cluster metadata."""
+    from confluent_kafka.admin import AdminClient
+
+    try:
+        md = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 2000, "log_level": 0}).list_topics(timeout=timeout_s)
+        return bool(md.brokers)
+    except Exception:  # KafkaException on timeout / connection refused
+        return False
+
+
+def create_topics(bootstrap: str, topics: dict[str, tuple[int, dict[str, str]]] | None = None) -> None:
+    """Create any missing topics (existing ones are left as they are)."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    existing = set(admin.list_topics(timeout=10).topics)
+    todo = [NewTopic(name, num_partitions=parts, replication_factor=1, config=conf)
+            for name, (parts, conf) in (topics or TOPICS).items() if name not in existing]
+    if not todo:
+        return
+    for name, fut in admin.create_topics(todo, operation_timeout=30).items():
+        try:
+            fut.result()
+        except Exception as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise RuntimeError(f"cannot create topic {name}: {exc}") from exc
+    _log(f"created topics {[t.topic for t in todo]}")
+
+
+def topics_for(cfg: BrokerConfig) -> dict[str, tuple[int, dict[str, str]]]:
+    topics = dict(TOPICS)
+    topics["events"] = (cfg.events_partitions, {})
+    return topics
+
+
+def start(cfg: BrokerConfig, wait_s: float = 90.0) -> int:
+    """Start the broker (if not running), wait until it answers, create topics; return pid."""
+    pid = _read_pid(cfg)
+    if pid is not None and answers(cfg.bootstrap):
+        _log(f"already running (pid {pid}) on {cfg.bootstrap}")
+        create_topics(cfg.bootstrap, topics_for(cfg))
+        return pid
+    if pid is not None:
+        _log(f"pid {pid} alive but not answering; stopping it")
+        stop(cfg)
+    if answers(cfg.bootstrap, 1.0):
+        raise RuntimeError(f"{cfg.bootstrap} is served by a broker this script did not start "
+                           f"(no live pid in {cfg.pid_file}); stop it or choose STREAMSCORE_KAFKA_PORT")
+    props = _write_config(cfg)
+    if not (cfg.data_dir / "data" / "meta.properties").exists():
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        _log(f"formatting {cfg.data_dir / 'data'} (cluster {cluster_id})")
+        subprocess.run(_java_cmd(cfg, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props),
+                                 "--ignore-formatted"), check=True, stdout=subprocess.DEVNULL)
+    out = open(cfg.data_dir / "broker.out", "ab")
+    proc = subprocess.Popen(_java_cmd(cfg, "kafka.Kafka", str(props)), stdout=out, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    cfg.pid_file.write_text(str(proc.pid))
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = (cfg.data_dir / "broker.out").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"broker exited with {proc.returncode}:\n{tail}")
+        if answers(cfg.bootstrap, 1.0) and proc.poll() is None:
+            _log(f"broker up on {cfg.bootstrap} (pid {proc.pid})")
+            create_topics(cfg.bootstrap, topics_for(cfg))
+            return proc.pid
+        time.sleep(0.5)
+    stop(cfg)
+    raise TimeoutError(f"broker did not answer on {cfg.bootstrap} within {wait_s}s")
+
+
+def stop(cfg: BrokerConfig, wait_s: float = 30.0) -> None:
+    """Stop the broker: SIGTERM (controlled shutdown), then SIGKILL after ``wait_s``."""
+    pid = _read_pid(cfg)
+    if pid is None:
+        cfg.pid_file.unlink(missing_ok=True)
+        _log("not running")
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.2)
+    if _alive(pid):
+        _log(f"pid {pid} ignored SIGTERM; killing")
+        os.kill(pid, signal.SIGKILL)
+    cfg.pid_file.unlink(missing_ok=True)
+    _log(f"stopped (pid {pid})")
+
+
+def reset(cfg: BrokerConfig) -> None:
+    """Stop the broker and delete its data."""
+    import shutil
+
+    stop(cfg)
+    shutil.rmtree(cfg.data_dir / "data", ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="streamscore kafka", description="Run the local KRaft Kafka broker.")
+    ap.add_argument("action", choices=["start", "stop", "status", "reset"],
+                    help="start (idempotent), stop, status, reset (stop and delete data)")
+    args = ap.parse_args(argv)
+    cfg = BrokerConfig.from_env()
+    if args.action == "start":
+        start(cfg)
+    elif args.action == "stop":
+        stop(cfg)
+    elif args.action == "reset":
+        reset(cfg)
+    else:
+        pid = _read_pid(cfg)
+        up = answers(cfg.bootstrap)
+        print(f"pid={pid} answering={up} bootstrap={cfg.bootstrap}")
+        return 0 if up else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

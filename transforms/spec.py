@@ -1,0 +1,211 @@
+"""The declarative feature spec: feature groups, windows and aggregations, validated on
+load, with a fingerprint that versions the feature set.
+
+>>> spec = load_spec()
+>>> spec.group("user_tumble_10s").window.kind
+'tumbling'
+>>> len(spec.version)
+16
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_SPEC_PATH = Path(__file__).resolve().parent / "specs" / "default.yaml"
+ENTITY_FIELDS = {"user": "user_id", "item": "item_id"}
+NUMERIC_FIELDS = ("dwell_ms",)
+KEY_FIELDS = ("item_id", "user_id", "device", "region")
+AGGS = ("count", "sum", "mean", "min", "max", "stddev", "last", "distinct_count", "ratio")
+EVENT_TYPES = ("impression", "click", "dwell")
+
+
+class SpecError(ValueError):
+    """The feature spec is invalid."""
+
+
+@dataclass(frozen=True)
+class Window:
+    kind: str  # tumbling | hopping
+    size_ms: int
+    slide_ms: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("tumbling", "hopping"):
+            raise SpecError(f"window kind {self.kind!r} is not tumbling or hopping")
+        if self.size_ms <= 0 or self.size_ms % 1000:
+            raise SpecError(f"window size_ms {self.size_ms} must be a positive multiple of 1000")
+        if self.kind == "hopping":
+            if not self.slide_ms or self.slide_ms <= 0 or self.slide_ms % 1000:
+                raise SpecError("hopping window needs slide_ms, a positive multiple of 1000")
+            if self.size_ms % self.slide_ms:
+                raise SpecError("hopping window size_ms must be a multiple of slide_ms")
+        elif self.slide_ms is not None:
+            raise SpecError("tumbling window takes no slide_ms")
+
+    @property
+    def step_ms(self) -> int:
+        return self.slide_ms if self.kind == "hopping" and self.slide_ms else self.size_ms
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    agg: str
+    field: str | None = None
+    event_type: str | None = None
+    numerator: str | None = None
+    denominator: str | None = None
+    default: float = 0.0
+
+
+@dataclass(frozen=True)
+class FeatureGroup:
+    name: str
+    entity: str
+    window: Window
+    features: tuple[Feature, ...]
+
+    @property
+    def key_field(self) -> str:
+        return ENTITY_FIELDS[self.entity]
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.features)
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    groups: tuple[FeatureGroup, ...]
+    scoring_entity: str
+    scoring_groups: tuple[str, ...]
+    watermark_delay_ms: int
+    version: str = field(default="", compare=False)
+
+    def group(self, name: str) -> FeatureGroup:
+        for g in self.groups:
+            if g.name == name:
+                return g
+        raise SpecError(f"no feature group {name!r}")
+
+    @property
+    def model_feature_names(self) -> tuple[str, ...]:
+        """Model input columns, in order: ``<group>.<feature>`` of each scoring group."""
+        return tuple(f"{g}.{f}" for g in self.scoring_groups for f in self.group(g).feature_names)
+
+
+def _feature(group: str, raw: dict[str, Any]) -> Feature:
+    where = f"group {group!r} feature {raw.get('name')!r}"
+    unknown = set(raw) - {"name", "agg", "field", "event_type", "numerator", "denominator", "default"}
+    if unknown:
+        raise SpecError(f"{where}: unknown keys {sorted(unknown)}")
+    if not raw.get("name") or not str(raw["name"]).isidentifier():
+        raise SpecError(f"{where}: name must be an identifier")
+    agg = raw.get("agg")
+    if agg not in AGGS:
+        raise SpecError(f"{where}: agg {agg!r} is not one of {AGGS}")
+    fld = raw.get("field")
+    if agg in ("sum", "mean", "min", "max", "stddev", "last") and fld not in NUMERIC_FIELDS:
+        raise SpecError(f"{where}: {agg} needs a numeric field, one of {NUMERIC_FIELDS}")
+    if agg == "distinct_count" and fld not in KEY_FIELDS:
+        raise SpecError(f"{where}: distinct_count needs a field, one of {KEY_FIELDS}")
+    if agg == "count" and fld is not None:
+        raise SpecError(f"{where}: count takes no field")
+    if agg == "ratio":
+        if not raw.get("numerator") or not raw.get("denominator"):
+            raise SpecError(f"{where}: ratio needs numerator and denominator")
+        if fld is not None or raw.get("event_type") is not None:
+            raise SpecError(f"{where}: ratio takes no field or event_type")
+    elif raw.get("numerator") or raw.get("denominator"):
+        raise SpecError(f"{where}: only ratio takes numerator/denominator")
+    et = raw.get("event_type")
+    if et is not None and et not in EVENT_TYPES:
+        raise SpecError(f"{where}: event_type {et!r} is not one of {EVENT_TYPES}")
+    try:
+        default = float(raw.get("default", 0.0))
+    except (TypeError, ValueError) as exc:
+        raise SpecError(f"{where}: default must be a number") from exc
+    return Feature(str(raw["name"]), agg, fld, et, raw.get("numerator"), raw.get("denominator"), default)
+
+
+def _group(raw: dict[str, Any]) -> FeatureGroup:
+    name = raw.get("name")
+    if not name or not str(name).isidentifier():
+        raise SpecError(f"feature group name {name!r} must be an identifier")
+    entity = raw.get("entity")
+    if entity not in ENTITY_FIELDS:
+        raise SpecError(f"group {name!r}: entity {entity!r} is not one of {sorted(ENTITY_FIELDS)}")
+    win = raw.get("window") or {}
+    try:
+        window = Window(str(win.get("kind")), int(win.get("size_ms", 0)),
+                        int(win["slide_ms"]) if win.get("slide_ms") is not None else None)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, SpecError):
+            raise SpecError(f"group {name!r}: {exc}") from exc
+        raise SpecError(f"group {name!r}: bad window {win!r}") from exc
+    feats = tuple(_feature(name, f) for f in raw.get("features") or ())
+    if not feats:
+        raise SpecError(f"group {name!r} has no features")
+    names = [f.name for f in feats]
+    if len(set(names)) != len(names):
+        raise SpecError(f"group {name!r} has duplicate feature names")
+    plain = {f.name for f in feats if f.agg != "ratio"}
+    for f in feats:
+        if f.agg == "ratio" and not {f.numerator, f.denominator} <= plain:
+            raise SpecError(f"group {name!r}: ratio {f.name!r} must refer to non-ratio features of the group")
+    return FeatureGroup(name, entity, window, feats)
+
+
+def canonical(spec: FeatureSpec) -> str:
+    """Canonical JSON of what defines the features (key order and group order free)."""
+    groups = sorted((asdict(g) for g in spec.groups), key=lambda g: g["name"])
+    body = {"groups": groups, "scoring": [spec.scoring_entity, list(spec.scoring_groups)],
+            "watermark_delay_ms": spec.watermark_delay_ms}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"))
+
+
+def parse_spec(raw: dict[str, Any]) -> FeatureSpec:
+    if not isinstance(raw, dict):
+        raise SpecError("feature spec must be a mapping")
+    groups = tuple(_group(g) for g in raw.get("groups") or ())
+    if not groups:
+        raise SpecError("feature spec has no groups")
+    if len({g.name for g in groups}) != len(groups):
+        raise SpecError("duplicate feature group names")
+    scoring = raw.get("scoring") or {}
+    sgroups = tuple(scoring.get("groups") or ())
+    sentity = scoring.get("entity", "user")
+    by_name = {g.name: g for g in groups}
+    if not sgroups:
+        raise SpecError("scoring.groups is empty")
+    for name in sgroups:
+        if name not in by_name:
+            raise SpecError(f"scoring group {name!r} is not defined")
+        if by_name[name].entity != sentity:
+            raise SpecError(f"scoring group {name!r} is not keyed by {sentity}")
+    steps = {by_name[n].window.step_ms for n in sgroups}
+    if len(steps) != 1:
+        raise SpecError("scoring groups must all emit at the same step (tumble size == hop slide)")
+    delay = int(raw.get("watermark_delay_ms", 0))
+    if delay < 0:
+        raise SpecError("watermark_delay_ms must be >= 0")
+    spec = FeatureSpec(groups, sentity, sgroups, delay)
+    version = hashlib.sha256(canonical(spec).encode()).hexdigest()[:16]
+    return FeatureSpec(groups, sentity, sgroups, delay, version)
+
+
+def load_spec(path: str | Path | None = None) -> FeatureSpec:
+    """Load and validate a YAML feature spec (the packaged default when ``path`` is None)."""
+    p = Path(path) if path else DEFAULT_SPEC_PATH
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise SpecError(f"cannot read feature spec {p}: {exc}") from exc
+    return parse_spec(raw)

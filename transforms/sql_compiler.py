@@ -1,0 +1,155 @@
+"""Compiles the feature spec to Flink SQL, so the per-event aggregation runs in the JVM.
+
+Pure string generation: no Flink import. ``jobs/flink_job.py`` executes the statements.
+The input view must have the decoded event columns plus ``ts``, a rowtime attribute.
+
+>>> from transforms.spec import load_spec
+>>> sql = group_query(load_spec().group("user_tumble_10s"), "accepted_events")
+>>> "TUMBLE(TABLE accepted_events" in sql
+True
+"""
+
+from __future__ import annotations
+
+from transforms.spec import Feature, FeatureGroup, FeatureSpec
+
+
+def interval(ms: int) -> str:
+    """A Flink SQL interval literal for ``ms`` milliseconds (any length under 100 days).
+
+    >>> interval(61500)
+    "INTERVAL '0 00:01:01.500' DAY TO SECOND(3)"
+    """
+    days, rest = divmod(ms, 86_400_000)
+    hours, rest = divmod(rest, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    seconds, millis = divmod(rest, 1000)
+    if days > 99:
+        raise ValueError(f"interval {ms} ms too long")
+    return f"INTERVAL '{days} {hours:02d}:{minutes:02d}:{seconds:02d}.{millis:03d}' DAY TO SECOND(3)"
+
+
+def epoch_ms(expr: str) -> str:
+    """Epoch milliseconds of a TIMESTAMP(3) expression (session time zone must be UTC)."""
+    return f"(EXTRACT(EPOCH FROM {expr}) * 1000 + EXTRACT(MILLISECOND FROM {expr}))"
+
+
+def _q(name: str) -> str:
+    return f"`{name}`"
+
+
+def _col(f: Feature, suffix: str = "") -> str:
+    return f"__{f.name}{suffix}"
+
+
+def _filter(f: Feature) -> str:
+    return f" FILTER (WHERE event_type = '{f.event_type}')" if f.event_type else ""
+
+
+def _inner(f: Feature) -> list[str]:
+    flt, fld = _filter(f), _q(f.field) if f.field else ""
+    if f.agg == "count":
+        return [f"COUNT(*){flt} AS {_col(f)}"]
+    if f.agg == "distinct_count":
+        return [f"COUNT(DISTINCT {fld}){flt} AS {_col(f)}"]
+    if f.agg in ("sum", "mean"):
+        return [f"COUNT({fld}){flt} AS {_col(f, '_n')}", f"SUM({fld}){flt} AS {_col(f, '_s')}"]
+    if f.agg in ("min", "max", "last"):
+        fn = {"min": "MIN", "max": "MAX", "last": "LAST_VALUE"}[f.agg]
+        return [f"COUNT({fld}){flt} AS {_col(f, '_n')}", f"{fn}({fld}){flt} AS {_col(f)}"]
+    if f.agg == "stddev":
+        return [f"COUNT({fld}){flt} AS {_col(f, '_n')}", f"SUM({fld}){flt} AS {_col(f, '_s')}",
+                f"SUM({fld} * {fld}){flt} AS {_col(f, '_ss')}"]
+    raise ValueError(f"no inner aggregate for {f.agg}")
+
+
+def _outer(f: Feature, by_name: dict[str, Feature]) -> str:
+    d = f"CAST({f.default!r} AS DOUBLE)"
+    if f.agg in ("count", "distinct_count"):
+        return f"CAST({_col(f)} AS DOUBLE)"
+    if f.agg == "sum":
+        return f"CASE WHEN {_col(f, '_n')} = 0 THEN CAST(0.0 AS DOUBLE) ELSE CAST({_col(f, '_s')} AS DOUBLE) END"
+    if f.agg == "mean":
+        return f"CASE WHEN {_col(f, '_n')} = 0 THEN {d} ELSE {_col(f, '_s')} / {_col(f, '_n')} END"
+    if f.agg in ("min", "max", "last"):
+        return f"CASE WHEN {_col(f, '_n')} = 0 THEN {d} ELSE CAST({_col(f)} AS DOUBLE) END"
+    if f.agg == "stddev":
+        n, s, ss = _col(f, "_n"), _col(f, "_s"), _col(f, "_ss")
+        return (f"CASE WHEN {n} = 0 THEN {d} ELSE "
+                f"SQRT(GREATEST({ss} / {n} - POWER({s} / {n}, 2), CAST(0.0 AS DOUBLE))) END")
+    if f.agg == "ratio":
+        num = _outer(by_name[f.numerator], by_name)  # type: ignore[index]
+        den = _outer(by_name[f.denominator], by_name)  # type: ignore[index]
+        return f"CASE WHEN ({den}) = 0 THEN {d} ELSE ({num}) / ({den}) END"
+    raise ValueError(f"no outer expression for {f.agg}")
+
+
+def feature_column(name: str) -> str:
+    """Column name of feature ``name`` in a compiled group query."""
+    return f"f_{name}"
+
+
+def window_tvf(group: FeatureGroup, source: str, time_col: str = "ts") -> str:
+    w = group.window
+    if w.kind == "tumbling":
+        return f"TUMBLE(TABLE {source}, DESCRIPTOR({time_col}), {interval(w.size_ms)})"
+    return f"HOP(TABLE {source}, DESCRIPTOR({time_col}), {interval(w.step_ms)}, {interval(w.size_ms)})"
+
+
+def group_query(group: FeatureGroup, source: str) -> str:
+    """One windowed aggregation: ``entity_type, entity_id, window_start_ms, window_end_ms,
+    window_time, fired_at_ms`` and one DOUBLE ``f_<feature>`` column per feature."""
+    by_name = {f.name: f for f in group.features}
+    inner = [c for f in group.features if f.agg != "ratio" for c in _inner(f)]
+    outer = [f"{_outer(f, by_name)} AS {_q(feature_column(f.name))}" for f in group.features]
+    key = _q(group.key_field)
+    fired = "CAST(CURRENT_ROW_TIMESTAMP() AS TIMESTAMP(3))"
+    return (
+        f"SELECT '{group.entity}' AS entity_type, entity_id, "
+        f"CAST({epoch_ms('window_start')} AS BIGINT) AS window_start_ms, "
+        f"CAST({epoch_ms('window_end')} AS BIGINT) AS window_end_ms, window_time, "
+        f"CAST({epoch_ms(fired)} AS BIGINT) AS fired_at_ms, "
+        + ", ".join(outer)
+        + f" FROM (SELECT {key} AS entity_id, window_start, window_end, window_time, "
+        + ", ".join(inner)
+        + f" FROM TABLE({window_tvf(group, source)}) "
+        f"GROUP BY {key}, window_start, window_end, window_time)"
+    )
+
+
+def snapshot_query(group: FeatureGroup, view: str, feature_set_version: str, schema_version: int = 1) -> str:
+    """Rows of the ``feature-snapshots`` sink (schemas/feature_snapshot.v1.avsc order)."""
+    pairs = ", ".join(f"'{n}', {_q(feature_column(n))}" for n in group.feature_names)
+    return (
+        f"SELECT entity_type, entity_id, '{group.name}' AS feature_group, window_start_ms, "
+        f"window_end_ms, MAP[{pairs}] AS features, '{feature_set_version}' AS feature_set_version, "
+        f"{schema_version} AS schema_version FROM {view}"
+    )
+
+
+def model_input_columns(spec: FeatureSpec) -> list[str]:
+    """Column names of the model input query, in model feature order."""
+    return [f"g{i}_{n}" for i, g in enumerate(spec.scoring_groups) for n in spec.group(g).feature_names]
+
+
+def model_input_query(spec: FeatureSpec, views: dict[str, str]) -> str:
+    """Joins the scoring groups' views on entity and window end (an interval join on the
+    window rowtime, so state is freed by the watermark): ``user_id, window_start_ms,
+    window_end_ms, fired_at_ms`` then the model input columns."""
+    names = list(spec.scoring_groups)
+    cols = model_input_columns(spec)
+    sel, i_col = [], 0
+    for i, g in enumerate(names):
+        for n in spec.group(g).feature_names:
+            sel.append(f"g{i}.{_q(feature_column(n))} AS {_q(cols[i_col])}")
+            i_col += 1
+    fired = "g0.fired_at_ms" if len(names) == 1 else "GREATEST(" + ", ".join(f"g{i}.fired_at_ms" for i in range(len(names))) + ")"
+    joins = "".join(
+        f" JOIN {views[g]} g{i} ON g0.entity_id = g{i}.entity_id AND g0.window_end_ms = g{i}.window_end_ms"
+        f" AND g{i}.window_time BETWEEN g0.window_time AND g0.window_time"
+        for i, g in enumerate(names) if i > 0
+    )
+    return (
+        f"SELECT g0.entity_id AS user_id, g0.window_start_ms, g0.window_end_ms, {fired} AS fired_at_ms, "
+        + ", ".join(sel) + f" FROM {views[names[0]]} g0" + joins
+    )
