@@ -1,0 +1,285 @@
+"""``streamscore bench`` (``make bench``): end-to-end throughput and latency of the Flink
+job against the engine's ceiling and a plain-Python peer, on the same events and broker,
+in one run. The last line printed is one JSON object; every run is appended to
+``bench/results.jsonl`` and ``bench/history.html`` is redrawn.
+
+Method
+* Throughput: N generated events (5% out of order, no malformed) are pre-loaded into a
+  fresh topic. Each contender runs until every event is consumed. ``events_per_s`` is
+  N / (time from the job reaching RUNNING to its end); the warm-up before RUNNING
+  (planning, deployment) is excluded. ``sustained_events_per_s`` maps each feature
+  snapshot's broker append time to the events with an earlier event time and takes the
+  rate between the 10% and 90% marks, so start-up and the final flush are excluded.
+* CPU seconds per million events and peak RSS: sampled from /proc for the job's whole
+  process tree (driver, JVM, Python workers) and the broker.
+* Latency: the job runs unbounded on fresh topics while events are replayed at half the
+  measured rate, with event time = wall clock. A window [s, e) can close at the earliest
+  when an event with time e + watermark delay arrives, i.e. at wall time e + delay; the
+  latency of a score is its broker append time (``LogAppendTime``) minus that instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jobs import kafka_local
+from jobs.generator import TrafficConfig, generate_events
+from jobs.kafka_io import produce_events, read_topic
+from jobs.outputs import read_outputs
+from jobs.paths import REGISTRY, ROOT
+from jobs.procstats import TreeSampler
+from transforms.codecs import decode
+from transforms.spec import load_spec
+
+RESULTS = ROOT / "bench" / "results.jsonl"
+HISTORY = ROOT / "bench" / "history.html"
+
+
+def _log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def _topics(bootstrap: str, prefix: str) -> dict[str, str]:
+    tag = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    names = {"events": f"{tag}-events", "scores": f"{tag}-scores", "feature-snapshots": f"{tag}-snapshots",
+             "dead-letters": f"{tag}-dead-letters"}
+    kafka_local.create_topics(bootstrap, {v: kafka_local.TOPICS[k] for k, v in names.items()})
+    return names
+
+
+def _job_env(bootstrap: str, topics: dict[str, str], **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"STREAMSCORE_BOOTSTRAP": bootstrap, "STREAMSCORE_EVENTS_TOPIC": topics["events"],
+                "STREAMSCORE_SCORES_TOPIC": topics["scores"], "STREAMSCORE_SNAPSHOTS_TOPIC": topics["feature-snapshots"],
+                "STREAMSCORE_DEAD_LETTERS_TOPIC": topics["dead-letters"],
+                "STREAMSCORE_GROUP_ID": f"bench-{uuid.uuid4().hex[:6]}"})
+    env.update(extra)
+    return env
+
+
+def _run_job(env: dict[str, str], broker_pid: int, args: list[str]) -> tuple[dict[str, Any], Any]:
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.flink_job", *args], env=env, cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    with TreeSampler([proc.pid, broker_pid]) as sampler:
+        out, err = proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"job failed ({proc.returncode}): {err[-4000:]}")
+    return json.loads(out.strip().splitlines()[-1]), sampler.stats
+
+
+def _sustained_rate(event_ts: np.ndarray, snapshots: list[tuple[Any, dict[str, Any], int]], delay_ms: int) -> float | None:
+    """Events per second between the 10% and 90% progress marks of the snapshot stream."""
+    if len(snapshots) < 10:
+        return None
+    pts = sorted((ts, v["window_end_ms"]) for _, v, ts in snapshots)
+    append = np.array([p[0] for p in pts], dtype=np.float64)
+    progress = np.maximum.accumulate(np.array([p[1] for p in pts], dtype=np.int64))
+    done = np.searchsorted(event_ts, progress + delay_ms)  # events needed before that window could fire
+    lo, hi = np.searchsorted(done, 0.1 * event_ts.size), np.searchsorted(done, 0.9 * event_ts.size)
+    hi = min(hi, len(done) - 1)
+    if hi <= lo or append[hi] <= append[lo]:
+        return None
+    return float((done[hi] - done[lo]) / ((append[hi] - append[lo]) / 1000.0))
+
+
+def _latency_phase(bootstrap: str, broker_pid: int, rate: float, seconds: float, spec_delay_ms: int,
+                   registry: str) -> dict[str, Any]:
+    topics = _topics(bootstrap, "lat")
+    env = _job_env(bootstrap, topics, STREAMSCORE_BOUNDED="false", STREAMSCORE_REGISTRY=registry)
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.flink_job", "--unbounded"], env=env, cwd=ROOT, text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        # warm the job up on a few windows' worth of traffic before the measured replay
+        now_ms = int(time.time() * 1000)
+        n = int(rate * seconds)
+        cfg = TrafficConfig(seed=99, base_ts_ms=now_ms + 20_000, event_rate_per_s=rate / 0.76,
+                            out_of_order_fraction=0.05)
+        events = list(generate_events(n, cfg))
+        t0_wall = time.time() * 1000 + 20_000 - (events[0]["ts_ms"] - cfg.base_ts_ms)
+        offset = cfg.base_ts_ms - t0_wall  # event time - wall time
+        _log(f"latency phase: replaying {n} events at ~{rate:,.0f}/s with event time = wall clock")
+        time.sleep(max(0.0, (events[0]["ts_ms"] - offset) / 1000 - time.time()))
+        produce_events(bootstrap, topics["events"], _paced(events, offset), total=n, progress=False)
+        time.sleep(3 + spec_delay_ms / 1000)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    scores = read_topic(bootstrap, topics["scores"], lambda v: decode(v, "scored_result"))
+    if not scores:
+        return {"p50_ms": None, "p99_ms": None, "max_ms": None, "latency_scores": 0}
+    ends = np.array([v["window_end_ms"] for _, v, _ in scores])
+    first_end = ends.min()
+    keep = ends > first_end + 10_000  # skip the first windows (warm-up)
+    close_wall = ends - offset + spec_delay_ms
+    lat = (np.array([ts for _, _, ts in scores]) - close_wall)[keep]
+    fire = np.array([ts - v["fired_at_ms"] for _, v, ts in scores])[keep]
+    actual_rate = len(events) / ((events[-1]["ts_ms"] - events[0]["ts_ms"]) / 1000)
+    return {"p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)), "max_ms": float(lat.max()),
+            "p99_fire_to_kafka_ms": float(np.percentile(fire, 99)), "latency_scores": int(keep.sum()),
+            "latency_replay_events_per_s": round(actual_rate, 1)}
+
+
+def _paced(events: list[dict[str, Any]], offset_ms: float) -> Any:
+    """Yield each event no earlier than its event time, mapped onto wall time."""
+    for ev in events:
+        due = (ev["ts_ms"] - offset_ms) / 1000.0
+        wait = due - time.time()
+        if wait > 0.001:
+            time.sleep(wait)
+        yield ev
+
+
+def _machine() -> str:
+    model = ""
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{platform.node()} {os.cpu_count()} cores {model}".strip()
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def bench(n_events: int, peer_events: int, latency_s: float, label: str, env_overrides: dict[str, str]) -> dict[str, Any]:
+    from jobs.peer import run_peer
+
+    broker = kafka_local.BrokerConfig.from_env()
+    was_running = kafka_local.answers(broker.bootstrap)
+    broker_pid = kafka_local.start(broker)
+    os.environ.update(env_overrides)
+    spec = load_spec()
+    try:
+        if not REGISTRY.exists():
+            subprocess.run([sys.executable, "-m", "models.train"], check=True, cwd=ROOT)
+        topics = _topics(broker.bootstrap, "bench")
+        traffic = TrafficConfig(seed=5, out_of_order_fraction=0.05)
+        _log(f"pre-loading {n_events} events into {topics['events']}")
+        ts: list[int] = []
+
+        def tap() -> Any:
+            for ev in generate_events(n_events, traffic):
+                ts.append(ev["ts_ms"])
+                yield ev
+
+        produce_events(broker.bootstrap, topics["events"], tap(), total=n_events)
+        event_ts = np.sort(np.array(ts, dtype=np.int64))
+        env = _job_env(broker.bootstrap, topics, STREAMSCORE_REGISTRY=str(REGISTRY))
+
+        _log("ceiling: bare Flink SQL aggregation into a blackhole")
+        ceil_info, ceil_stats = _run_job(env, broker_pid, ["--ceiling"])
+        ceiling_rate = n_events / ceil_info["running_s"]
+        _log(f"ceiling {ceiling_rate:,.0f} events/s")
+
+        _log("streamscore job: decode, windows, snapshots, ONNX scoring, Kafka sinks")
+        env_job = dict(env, STREAMSCORE_GROUP_ID=f"bench-{uuid.uuid4().hex[:6]}")
+        job_info, job_stats = _run_job(env_job, broker_pid, [])
+        job_rate = n_events / job_info["running_s"]
+        out = read_outputs(broker.bootstrap, topics["scores"], topics["feature-snapshots"], topics["dead-letters"])
+        sustained = _sustained_rate(event_ts, out.snapshots, spec.watermark_delay_ms)
+        _log(f"job {job_rate:,.0f} events/s (sustained {sustained or 0:,.0f}); {len(out.scores)} scores")
+
+        peer_n = min(peer_events, n_events)
+        _log(f"peer: plain Python consumer/producer on the first {peer_n} events")
+        peer_topics = _topics(broker.bootstrap, "peer")
+        peer = run_peer(broker.bootstrap, topics["events"], peer_topics, spec, REGISTRY, peer_n)
+        flink_snaps = {(v["feature_group"], v["entity_id"], v["window_start_ms"]): v["features"]
+                       for _, v, _ in out.snapshots}
+        checked = [k for k in peer.sample if k in flink_snaps]
+        same = sum(all(abs(flink_snaps[k][f] - x) <= 1e-6 * max(1.0, abs(x)) for f, x in peer.sample[k].items())
+                   for k in checked)
+        _log(f"peer {peer.events_per_s:,.0f} events/s; features equal on {same}/{len(checked)} sampled windows")
+
+        lat = _latency_phase(broker.bootstrap, broker_pid, 0.5 * job_rate, latency_s, spec.watermark_delay_ms,
+                             str(REGISTRY)) if latency_s > 0 else {"p50_ms": None, "p99_ms": None}
+        peak_rss = {**job_stats.peak_rss_by_process()}
+        result = {
+            "label": label, "commit": _git_commit(), "machine": _machine(), "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "events": n_events, "events_per_s": round(job_rate, 1), "sustained_events_per_s": round(sustained, 1) if sustained else None,
+            "ceiling_events_per_s": round(ceiling_rate, 1), "peer_events_per_s": round(peer.events_per_s, 1),
+            "ratio_vs_ceiling": round(job_rate / ceiling_rate, 3), "ratio_vs_peer": round(job_rate / peer.events_per_s, 3) if peer.events_per_s else None,
+            "p50_ms": lat.get("p50_ms"), "p99_ms": lat.get("p99_ms"), "max_ms": lat.get("max_ms"),
+            "p99_fire_to_kafka_ms": lat.get("p99_fire_to_kafka_ms"), "latency_replay_events_per_s": lat.get("latency_replay_events_per_s"),
+            "cpu_s_per_million": round(job_stats.total_cpu_s / (n_events / 1e6), 2),
+            "ceiling_cpu_s_per_million": round(ceil_stats.total_cpu_s / (n_events / 1e6), 2),
+            "peak_rss_mb": round(max(job_stats.peak_rss_mb.values(), default=0.0), 1),
+            "peak_rss_mb_by_process": peak_rss,
+            "scores_out": len(out.scores), "snapshots_out": len(out.snapshots),
+            "peer_events": peer.events, "peer_feature_check": f"{same}/{len(checked)}",
+            "settings": {k: v for k, v in os.environ.items() if k.startswith("STREAMSCORE_") and k in env_overrides},
+        }
+        return result
+    finally:
+        if not was_running:
+            kafka_local.stop(broker)
+
+
+def write_history(results: Path = RESULTS, out: Path = HISTORY) -> None:
+    """A small self-contained HTML chart (inline SVG) of events/s and p99 over the runs."""
+    rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()] if results.exists() else []
+    w, h, pad = 760, 260, 40
+    series = [("events_per_s", "#1f77b4"), ("ceiling_events_per_s", "#2ca02c"), ("peer_events_per_s", "#d62728")]
+    top = max([r.get(k) or 0 for r in rows for k, _ in series] + [1])
+    def xy(i: int, v: float) -> str:
+        x = pad + (w - 2 * pad) * (i / max(len(rows) - 1, 1))
+        return f"{x:.1f},{h - pad - (h - 2 * pad) * v / top:.1f}"
+    lines = "".join(
+        f'<polyline fill="none" stroke="{c}" stroke-width="2" points="{" ".join(xy(i, r.get(k) or 0) for i, r in enumerate(rows))}"/>'
+        f'<text x="{w - pad + 4}" y="{20 + 16 * j}" fill="{c}" font-size="12">{k}</text>'
+        for j, (k, c) in enumerate(series))
+    table = "".join(f"<tr><td>{r.get('ts')}</td><td>{r.get('label')}</td><td>{r.get('commit')}</td>"
+                    f"<td>{r.get('events_per_s')}</td><td>{r.get('ceiling_events_per_s')}</td>"
+                    f"<td>{r.get('peer_events_per_s')}</td><td>{r.get('p99_ms')}</td>"
+                    f"<td>{r.get('cpu_s_per_million')}</td></tr>" for r in rows)
+    out.write_text(
+        "<!doctype html><meta charset='utf-8'><title>streamscore bench history</title>"
+        "<body style='font-family:sans-serif'><h1>streamscore bench history</h1>"
+        f"<svg width='{w + 180}' height='{h}'><text x='4' y='14' font-size='12'>max {top:,.0f} events/s</text>{lines}</svg>"
+        "<table border='1' cellpadding='4'><tr><th>time</th><th>label</th><th>commit</th><th>events/s</th>"
+        f"<th>ceiling</th><th>peer</th><th>p99 ms</th><th>cpu s / M</th></tr>{table}</table></body>")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="streamscore bench", description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap.add_argument("--events", type=int, default=5_000_000, help="events to pre-load (default 5000000)")
+    ap.add_argument("--peer-events", type=int, default=1_000_000, help="events the peer processes (default 1000000)")
+    ap.add_argument("--latency-seconds", type=float, default=40.0, help="replay length of the latency phase; 0 skips it")
+    ap.add_argument("--label", default="", help="a name for this run in bench/results.jsonl")
+    ap.add_argument("--set", action="append", default=[], metavar="STREAMSCORE_X=V",
+                    help="job setting for this run (repeatable), e.g. STREAMSCORE_ARROW_BATCH=5000")
+    ap.add_argument("--no-record", action="store_true", help="do not append to bench/results.jsonl")
+    args = ap.parse_args(argv)
+    overrides = dict(s.split("=", 1) for s in args.set)
+    result = bench(args.events, args.peer_events, args.latency_seconds, args.label, overrides)
+    if not args.no_record:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        with open(RESULTS, "a") as fh:
+            fh.write(json.dumps(result) + "\n")
+        write_history()
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
