@@ -55,6 +55,12 @@ class JobConfig:
     checkpoint_interval_ms: int = 0
     # STREAMSCORE_SINK_LINGER_MS: Kafka producer linger of the sinks
     sink_linger_ms: int = 5
+    # STREAMSCORE_WATERMARK_EMIT: on-event (a watermark after every record: deterministic
+    # lateness, the semantics of the reference) or on-periodic (every
+    # pipeline.auto-watermark-interval: cheaper, lateness depends on timing)
+    watermark_emit: str = "on-event"
+    # STREAMSCORE_WATERMARK_INTERVAL_MS: interval of on-periodic watermarks
+    watermark_interval_ms: int = 200
     # STREAMSCORE_SOURCE_IDLE_MS: partitions idle this long stop holding the watermark back
     source_idle_ms: int = 5_000
     # STREAMSCORE_MAX_KEY_BYTES / STREAMSCORE_MIN_TS_MS / STREAMSCORE_MAX_TS_MS: validation
@@ -69,6 +75,10 @@ class JobConfig:
             raise ValueError("need 1 <= arrow_batch_size <= bundle_size")
         if self.bundle_time_ms < 1 or self.buffer_timeout_ms < 0 or self.checkpoint_interval_ms < 0:
             raise ValueError("bundle_time_ms must be >= 1; buffer and checkpoint intervals >= 0")
+        if self.watermark_emit not in ("on-event", "on-periodic"):
+            raise ValueError("watermark_emit must be on-event or on-periodic")
+        if self.watermark_interval_ms < 1:
+            raise ValueError("watermark_interval_ms must be >= 1")
         if not 0.0 <= self.default_score <= 1.0:
             raise ValueError("default_score must be in [0, 1]")
         if self.latency_budget_ms <= 0:
@@ -90,6 +100,7 @@ class JobConfig:
             "bundle_size": "BUNDLE_SIZE", "bundle_time_ms": "BUNDLE_TIME_MS", "arrow_batch_size": "ARROW_BATCH",
             "buffer_timeout_ms": "BUFFER_TIMEOUT_MS", "checkpoint_interval_ms": "CHECKPOINT_MS",
             "sink_linger_ms": "SINK_LINGER_MS", "source_idle_ms": "SOURCE_IDLE_MS",
+            "watermark_emit": "WATERMARK_EMIT", "watermark_interval_ms": "WATERMARK_INTERVAL_MS",
         }
         types = {f.name: f.type for f in fields(cls)}
         kw: dict[str, object] = {}

@@ -48,7 +48,7 @@ def run_peer(bootstrap: str, events_topic: str, out_topics: dict[str, str], spec
     sample: dict[tuple[str, str, int], dict[str, float]] = {}
     t0: float | None = None
 
-    def emit(fired: list[FiredWindow]) -> None:
+    def emit(fired: list[FiredWindow], final: bool = False) -> None:
         nonlocal snaps, scores
         for f in fired:
             rec = {"entity_type": spec.group(f.group).entity, "entity_id": f.entity_id, "feature_group": f.group,
@@ -56,7 +56,7 @@ def run_peer(bootstrap: str, events_topic: str, out_topics: dict[str, str], spec
                    "feature_set_version": spec.version, "schema_version": 1}
             _produce(p, out_topics["feature-snapshots"], f"{f.group}|{f.entity_id}".encode(), encode(rec, "feature_snapshot"))
             snaps += 1
-            if snaps % sample_every == 0:
+            if snaps % sample_every == 0 and not final:  # final flushes hold partial windows
                 sample[(f.group, f.entity_id, f.window_start_ms)] = f.features
         rows = join_scoring(spec, fired)
         if rows:
@@ -91,7 +91,7 @@ def run_peer(bootstrap: str, events_topic: str, out_topics: dict[str, str], spec
                 _produce(p, out_topics["dead-letters"], None, encode(rec, "dead_letter"))
         emit(w.fired())
         p.poll(0)
-    emit(w.fired(final=True))
+    emit(w.fired(final=True), final=True)
     p.flush(60)
     seconds = time.monotonic() - (t0 or time.monotonic())
     c.close()

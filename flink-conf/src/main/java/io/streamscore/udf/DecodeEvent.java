@@ -1,5 +1,9 @@
 package io.streamscore.udf;
 
+import java.nio.charset.StandardCharsets;
+import java.util.Arrays;
+import java.util.HashMap;
+import java.util.Map;
 import org.apache.flink.avro.shaded.org.apache.avro.Schema;
 import org.apache.flink.avro.shaded.org.apache.avro.generic.GenericDatumReader;
 import org.apache.flink.avro.shaded.org.apache.avro.generic.GenericRecord;
@@ -7,8 +11,10 @@ import org.apache.flink.avro.shaded.org.apache.avro.io.BinaryDecoder;
 import org.apache.flink.avro.shaded.org.apache.avro.io.DecoderFactory;
 import org.apache.flink.table.annotation.DataTypeHint;
 import org.apache.flink.table.annotation.FunctionHint;
+import org.apache.flink.table.data.GenericRowData;
+import org.apache.flink.table.data.RowData;
+import org.apache.flink.table.data.StringData;
 import org.apache.flink.table.functions.ScalarFunction;
-import org.apache.flink.types.Row;
 
 /**
  * Decodes and validates one schemaless Avro interaction event inside the JVM, so no
@@ -16,37 +22,56 @@ import org.apache.flink.types.Row;
  *
  * <p>Returns a row whose {@code reason} is null for a good event, or one of the
  * dead-letter reasons of {@code transforms.codecs.DeadLetterReason} for a bad one. The
- * rules mirror {@code transforms.codecs.validate_event}; the integration tests feed
- * both the same bad records and compare reasons.
+ * rules mirror {@code transforms.codecs.validate_event}; the integration tests feed both
+ * the same bad records and compare reasons.
  *
  * <p>Arguments: the raw value, the writer and reader schema file names (bundled from
- * {@code schemas/} at build time), and the validation limits. Everything comes in the call,
- * so every instance (projection and pushed-down watermark generator alike) applies the
- * same rules without job parameters, which the watermark generator cannot read.
+ * {@code schemas/} at build time), and the validation limits. Everything comes in the
+ * call, so every instance (projections and the pushed-down watermark generator alike)
+ * applies the same rules without job parameters, which the watermark generator cannot
+ * read.
+ *
+ * <p>The planner inlines the decoded column into every projection that reads a field of
+ * it, in every chained operator. A per-thread cache of the last input therefore makes all
+ * those calls for one record share a single decode; the result is an internal {@link
+ * RowData}, so a cache hit costs a byte comparison and no conversion. The function is
+ * deterministic, so equal bytes may share a result.
  */
 @FunctionHint(
         output =
                 @DataTypeHint(
-                        "ROW<event_id STRING, user_id STRING, item_id STRING, ts_ms BIGINT,"
-                                + " event_type STRING, dwell_ms DOUBLE, device STRING,"
-                                + " region STRING, reason STRING, detail STRING>"))
+                        value =
+                                "ROW<event_id STRING, user_id STRING, item_id STRING,"
+                                        + " ts_ms BIGINT, event_type STRING, dwell_ms DOUBLE,"
+                                        + " device STRING, region STRING, reason STRING,"
+                                        + " detail STRING>",
+                        bridgedTo = RowData.class))
 public class DecodeEvent extends ScalarFunction {
     private static final long serialVersionUID = 1L;
+    private static final int FIELDS = 10;
 
-    private transient GenericDatumReader<GenericRecord> reader;
-    private transient String readerKey;
-    private transient BinaryDecoder decoder;
-    private transient GenericRecord reuse;
-    private int maxKeyBytes;
-    private long minTsMs;
-    private long maxTsMs;
+    /** Per thread: readers by schema pair, and the last input with its result. */
+    private static final class State {
+        final Map<String, GenericDatumReader<GenericRecord>> readers = new HashMap<>();
+        BinaryDecoder decoder;
+        byte[] lastValue;
+        String lastWriter;
+        String lastReader;
+        int lastMaxKeyBytes;
+        long lastMinTsMs;
+        long lastMaxTsMs;
+        RowData lastResult;
+    }
+
+    private static final ThreadLocal<State> STATE = ThreadLocal.withInitial(State::new);
 
     /** Loads {@code schemas/<name>} bundled in this jar from the project's schemas folder. */
     private static Schema loadSchema(String name) {
         try (java.io.InputStream in =
                 DecodeEvent.class.getResourceAsStream("/schemas/" + name)) {
             if (in == null) {
-                throw new IllegalArgumentException("schema resource schemas/" + name + " not in jar");
+                throw new IllegalArgumentException(
+                        "schema resource schemas/" + name + " not in jar");
             }
             return new Schema.Parser().parse(in);
         } catch (java.io.IOException exc) {
@@ -54,64 +79,71 @@ public class DecodeEvent extends ScalarFunction {
         }
     }
 
-    private static Row bad(String reason, String detail) {
-        return Row.of(null, null, null, null, null, null, null, null, reason, detail);
+    private static RowData bad(String reason, String detail) {
+        GenericRowData row = new GenericRowData(FIELDS);
+        row.setField(8, StringData.fromString(reason));
+        row.setField(9, StringData.fromString(detail));
+        return row;
     }
 
-    private String keyProblem(String name, String value) {
+    private static String keyProblem(String name, String value, int maxKeyBytes) {
         if (value == null || value.isEmpty()) {
             return name + " is empty";
         }
         if (value.length() > maxKeyBytes
-                || value.getBytes(java.nio.charset.StandardCharsets.UTF_8).length > maxKeyBytes) {
+                || value.getBytes(StandardCharsets.UTF_8).length > maxKeyBytes) {
             return name + " longer than " + maxKeyBytes + " bytes";
         }
         return null;
     }
 
-    /**
-     * The planner may inline the computed column that calls this function more than once
-     * per record (watermark and projection); caching the last input avoids a second decode.
-     */
-    private transient byte[] lastValue;
-
-    private transient Row lastResult;
-
-    public Row eval(
+    public RowData eval(
             byte[] value,
             String writerSchema,
             String readerSchema,
             Integer maxKeyBytes,
             Long minTsMs,
             Long maxTsMs) {
-        String key = writerSchema + "|" + readerSchema;
-        if (reader == null || !key.equals(readerKey)) {
-            reader = new GenericDatumReader<>(loadSchema(writerSchema), loadSchema(readerSchema));
-            readerKey = key;
-            reuse = null;
-            lastValue = null;
+        State st = STATE.get();
+        if (st.lastValue != null
+                && (value == st.lastValue || Arrays.equals(value, st.lastValue))
+                && maxKeyBytes == st.lastMaxKeyBytes
+                && minTsMs == st.lastMinTsMs
+                && maxTsMs == st.lastMaxTsMs
+                && writerSchema.equals(st.lastWriter)
+                && readerSchema.equals(st.lastReader)) {
+            return st.lastResult;
         }
-        this.maxKeyBytes = maxKeyBytes;
-        this.minTsMs = minTsMs;
-        this.maxTsMs = maxTsMs;
-        if (lastValue != null && java.util.Arrays.equals(value, lastValue)) {
-            return lastResult;
-        }
-        Row result = decode(value);
-        lastValue = value;
-        lastResult = result;
+        GenericDatumReader<GenericRecord> reader =
+                st.readers.computeIfAbsent(
+                        writerSchema + '|' + readerSchema,
+                        k -> new GenericDatumReader<>(loadSchema(writerSchema), loadSchema(readerSchema)));
+        RowData result = decode(st, reader, value, maxKeyBytes, minTsMs, maxTsMs);
+        st.lastValue = value;
+        st.lastWriter = writerSchema;
+        st.lastReader = readerSchema;
+        st.lastMaxKeyBytes = maxKeyBytes;
+        st.lastMinTsMs = minTsMs;
+        st.lastMaxTsMs = maxTsMs;
+        st.lastResult = result;
         return result;
     }
 
-    private Row decode(byte[] value) {
+    private static RowData decode(
+            State st,
+            GenericDatumReader<GenericRecord> reader,
+            byte[] value,
+            int maxKeyBytes,
+            long minTsMs,
+            long maxTsMs) {
         if (value == null || value.length == 0) {
             return bad("undecodable", "empty value");
         }
         GenericRecord rec;
         try {
-            decoder = DecoderFactory.get().binaryDecoder(value, decoder);
-            rec = reader.read(reuse, decoder);
-            if (!decoder.isEnd()) {
+            st.decoder = DecoderFactory.get().binaryDecoder(value, st.decoder);
+            rec = reader.read(null, st.decoder);
+            if (!st.decoder.isEnd()) {
                 return bad("undecodable", "trailing bytes after record");
             }
         } catch (Exception | StackOverflowError | OutOfMemoryError exc) {
@@ -121,31 +153,32 @@ public class DecodeEvent extends ScalarFunction {
         String eventId = String.valueOf(rec.get("event_id"));
         String userId = String.valueOf(rec.get("user_id"));
         String itemId = String.valueOf(rec.get("item_id"));
-        for (String[] kv :
-                new String[][] {{"event_id", eventId}, {"user_id", userId}, {"item_id", itemId}}) {
-            String problem = keyProblem(kv[0], kv[1]);
+        String[][] keys = {{"event_id", eventId}, {"user_id", userId}, {"item_id", itemId}};
+        for (String[] kv : keys) {
+            String problem = keyProblem(kv[0], kv[1], maxKeyBytes);
             if (problem != null) {
                 return bad("invalid_key", problem);
             }
         }
         long tsMs = (Long) rec.get("ts_ms");
         if (tsMs < minTsMs || tsMs > maxTsMs) {
-            return bad("invalid_timestamp", "ts_ms " + tsMs + " outside [" + minTsMs + ", " + maxTsMs + "]");
+            return bad(
+                    "invalid_timestamp",
+                    "ts_ms " + tsMs + " outside [" + minTsMs + ", " + maxTsMs + "]");
         }
         double dwellMs = (Double) rec.get("dwell_ms");
         if (Double.isNaN(dwellMs) || Double.isInfinite(dwellMs) || dwellMs < 0) {
             return bad("invalid_dwell", "dwell_ms " + dwellMs);
         }
-        return Row.of(
-                eventId,
-                userId,
-                itemId,
-                tsMs,
-                String.valueOf(rec.get("event_type")),
-                dwellMs,
-                String.valueOf(rec.get("device")),
-                String.valueOf(rec.get("region")),
-                null,
-                null);
+        GenericRowData row = new GenericRowData(FIELDS);
+        row.setField(0, StringData.fromString(eventId));
+        row.setField(1, StringData.fromString(userId));
+        row.setField(2, StringData.fromString(itemId));
+        row.setField(3, tsMs);
+        row.setField(4, StringData.fromString(String.valueOf(rec.get("event_type"))));
+        row.setField(5, dwellMs);
+        row.setField(6, StringData.fromString(String.valueOf(rec.get("device"))));
+        row.setField(7, StringData.fromString(String.valueOf(rec.get("region"))));
+        return row;
     }
 }
