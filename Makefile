@@ -7,7 +7,7 @@ JARSTAMP := .cache/jars/.fetched
 SRC_JAVA := $(shell find flink-conf/src -name '*.java') $(wildcard schemas/*.avsc)
 
 .PHONY: help install jars models kafka-start kafka-stop demo test test-unit test-integration lint typecheck \
-        cluster-start cluster-stop cluster-submit bench clean
+        cluster-start cluster-stop cluster-submit bench parity clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -27,7 +27,7 @@ $(JARSTAMP): flink-conf/pom.xml $(SRC_JAVA)
 
 jars: $(JARSTAMP)  ## fetch Kafka + Flink connector jars from Maven Central, build the decode UDF jar
 
-models: install  ## train the models if the registry is missing
+models: install  ## train the models if the registry is missing or stale (spec changed)
 	$(BIN)/streamscore train --if-missing
 
 kafka-start: install  ## start the local KRaft broker and create the topics
@@ -45,6 +45,12 @@ cluster-stop:
 	-$(BIN)/streamscore cluster stop
 cluster-submit: install  ## submit the job to the session cluster (flink run -py)
 	$(BIN)/streamscore cluster submit
+
+bench: install models  ## throughput/latency vs bare-SQL ceiling and plain-Python peer; appends bench/results.jsonl
+	$(BIN)/streamscore bench
+
+parity: install models  ## reference vs Beam vs Flink job on 200k generated events
+	$(BIN)/streamscore parity
 
 lint: install
 	$(BIN)/ruff check transforms jobs models tests

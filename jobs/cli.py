@@ -12,6 +12,9 @@ COMMANDS = {
     "run": ("jobs.flink_job", "run the Flink job on the embedded mini-cluster"),
     "cluster": ("jobs.cluster", "start/stop a standalone Flink session cluster, submit the job"),
     "demo": ("jobs.demo", "the whole pipeline end to end, with a JSON summary"),
+    "parity": ("jobs.parity", "feature parity: reference vs Beam vs the Flink job"),
+    "bench": ("jobs.bench", "throughput and latency vs the bare-SQL ceiling and a plain-Python peer"),
+    "backfill": ("jobs.backfill", "point-in-time training dataset from Avro or Kafka offsets (Beam)"),
 }
 
 

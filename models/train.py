@@ -1,8 +1,10 @@
 """Trains the click models on the project's own synthetic history (``streamscore train``).
 
-Features come from the reference implementation of the feature spec (the same logic the
-Flink job compiles to SQL); the label of a row ``(user, window_end)`` is "the user
-clicks in the next window" ``[window_end, window_end + step)``. The split is by time:
+Training data is the point-in-time dataset of ``transforms.pit`` (the rows and
+fingerprint ``streamscore backfill`` writes for the same events; ``--dataset`` trains on
+a backfill output folder directly). Features follow the feature spec (the logic the Flink
+job compiles to SQL); the label of a row ``(user, window_end)`` is "the user clicks in
+the next window" ``[window_end, window_end + step)``. The split is by time:
 the last 25% of window ends are held out. Both models are exported to ONNX and
 registered with sha256, feature names and order, the feature-set version, the training
 data fingerprint and offline metrics.
@@ -11,11 +13,9 @@ data fingerprint and offline metrics.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
-from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 
-from transforms.reference import compute_features, model_rows
 from transforms.scoring import sha256_file
 from transforms.spec import FeatureSpec, load_spec
 
@@ -39,32 +38,34 @@ class Dataset:
     fingerprint: str
 
 
+def dataset_from_rows(spec: FeatureSpec, rows: list[dict[str, Any]], fingerprint: str | None = None) -> Dataset:
+    """Model matrix from point-in-time rows (``transforms.pit`` / ``streamscore backfill``)."""
+    from transforms.pit import dataset_fingerprint
+
+    names = spec.model_feature_names
+    x = np.array([[r[n] for n in names] for r in rows], dtype=np.float32).reshape(len(rows), len(names))
+    y = np.array([int(r["label"]) for r in rows], dtype=np.int64)
+    ends = np.array([int(r["window_end_ms"]) for r in rows], dtype=np.int64)
+    return Dataset(x, y, ends, names, fingerprint or dataset_fingerprint(rows))
+
+
 def labelled_dataset(spec: FeatureSpec, events: Iterable[dict[str, Any]]) -> Dataset:
-    """Model rows with next-window click labels, from decoded events in arrival order."""
-    evs = list(events)
-    out = compute_features(spec, evs)
-    rows = model_rows(spec, out)
-    step = spec.group(spec.scoring_groups[0]).window.step_ms
-    late_ids = {id(e) for e in out.late}
-    clicks: dict[str, list[int]] = defaultdict(list)
-    for e in evs:
-        if e["event_type"] == "click" and id(e) not in late_ids:
-            clicks[e[spec.group(spec.scoring_groups[0]).key_field]].append(e["ts_ms"])
-    for ts in clicks.values():
-        ts.sort()
-    y = np.zeros(len(rows), dtype=np.int64)
-    for i, (key, _start, end, _vec) in enumerate(rows):
-        ts = clicks.get(key)
-        if ts:
-            j = int(np.searchsorted(ts, end))
-            y[i] = int(j < len(ts) and ts[j] < end + step)
-    x = np.array([r[3] for r in rows], dtype=np.float32).reshape(len(rows), len(spec.model_feature_names))
-    ends = np.array([r[2] for r in rows], dtype=np.int64)
-    h = hashlib.sha256()
-    h.update(spec.version.encode())
-    h.update(np.ascontiguousarray(x).tobytes())
-    h.update(y.tobytes())
-    return Dataset(x, y, ends, spec.model_feature_names, h.hexdigest()[:16])
+    """The point-in-time dataset of ``events`` (arrival order): rows, labels, fingerprint
+    exactly as ``streamscore backfill`` writes them for the same events."""
+    from transforms.pit import pit_dataset
+
+    return dataset_from_rows(spec, pit_dataset(spec, events))
+
+
+def load_backfill(spec: FeatureSpec, folder: Path) -> Dataset:
+    """A dataset written by ``streamscore backfill`` (Parquet), with its manifest's fingerprint."""
+    import pyarrow.parquet as pq
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    if manifest["feature_set_version"] != spec.version:
+        raise ValueError(f"dataset {folder} has feature set {manifest['feature_set_version']}, spec is {spec.version}")
+    rows = pq.read_table(folder / manifest["path"]).to_pylist()
+    return dataset_from_rows(spec, rows, manifest["fingerprint"])
 
 
 def time_split(ds: Dataset, holdout: float = 0.25) -> tuple[np.ndarray, np.ndarray]:
@@ -127,13 +128,14 @@ def native_predict(model: Any, x: np.ndarray) -> np.ndarray:
     return np.asarray(model.predict_proba(x))[:, 1]
 
 
-def train_and_register(events: Iterable[dict[str, Any]], out_dir: Path = MODELS_DIR, spec: FeatureSpec | None = None,
-                       n_estimators: int = 100, version: str | None = None, log: Any = print) -> dict[str, Any]:
-    """Train both models, export to ONNX under ``out_dir/artifacts`` and write
-    ``out_dir/registry.json``; returns the manifest."""
+def train_and_register(events: Iterable[dict[str, Any]] | Dataset, out_dir: Path = MODELS_DIR,
+                       spec: FeatureSpec | None = None, n_estimators: int = 100, version: str | None = None,
+                       log: Any = print) -> dict[str, Any]:
+    """Train both models on a dataset (or on the point-in-time dataset of ``events``),
+    export to ONNX under ``out_dir/artifacts`` and write ``out_dir/registry.json``."""
     spec = spec or load_spec()
     t0 = time.monotonic()
-    ds = labelled_dataset(spec, events)
+    ds = events if isinstance(events, Dataset) else labelled_dataset(spec, events)
     log(f"[train] dataset {len(ds.y)} rows, positive rate {ds.y.mean():.3f}, "
         f"fingerprint {ds.fingerprint} ({time.monotonic() - t0:.1f}s)")
     tr, te = time_split(ds)
@@ -158,6 +160,18 @@ def train_and_register(events: Iterable[dict[str, Any]], out_dir: Path = MODELS_
     return manifest
 
 
+def registry_is_current(path: Path, feature_set_version: str) -> bool:
+    """True when ``path`` exists, its artifacts exist, and every model was trained on
+    ``feature_set_version`` (a changed spec makes the registry stale)."""
+    try:
+        models = json.loads(path.read_text())["models"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return bool(models) and all(
+        m.get("feature_set_version") == feature_set_version and (path.parent / m.get("path", "")).exists()
+        for m in models)
+
+
 def main(argv: list[str] | None = None) -> int:
     from jobs.generator import TrafficConfig, generate_events
 
@@ -166,14 +180,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=11, help="generator seed (default 11)")
     ap.add_argument("--trees", type=int, default=100, help="LightGBM trees (default 100)")
     ap.add_argument("--out", type=Path, default=MODELS_DIR, help="registry folder (default models/)")
-    ap.add_argument("--if-missing", action="store_true", help="do nothing when registry.json exists")
+    ap.add_argument("--dataset", type=Path, help="train on a `streamscore backfill` output folder instead")
+    ap.add_argument("--if-missing", action="store_true",
+                    help="do nothing when registry.json exists and matches the feature spec")
     args = ap.parse_args(argv)
-    if args.if_missing and (args.out / "registry.json").exists():
-        print(f"[train] {args.out / 'registry.json'} exists; skipping", file=sys.stderr)
+    if args.if_missing and registry_is_current(args.out / "registry.json", load_spec().version):
+        print(f"[train] {args.out / 'registry.json'} is current; skipping", file=sys.stderr)
         return 0
-    cfg = TrafficConfig(seed=args.seed, out_of_order_fraction=0.05)
-    train_and_register(generate_events(args.events, cfg), args.out, n_estimators=args.trees,
-                       log=lambda m: print(m, file=sys.stderr))
+    spec = load_spec()
+    if args.dataset:
+        source: Any = load_backfill(spec, args.dataset)
+    else:
+        source = generate_events(args.events, TrafficConfig(seed=args.seed, out_of_order_fraction=0.05))
+    train_and_register(source, args.out, spec, n_estimators=args.trees, log=lambda m: print(m, file=sys.stderr))
     return 0
 
 

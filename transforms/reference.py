@@ -7,6 +7,11 @@ It defines the semantics the Flink SQL and Beam compilations must reproduce:
 * an event with ``ts_ms <= watermark`` on arrival is late (dead-lettered, reason ``late``);
 * tumbling windows are ``[k*size, (k+1)*size)``; hopping windows of ``size``/``slide``
   are ``[k*slide, k*slide + size)``;
+* session windows (``gap``) are per entity: its accepted events sorted by ``ts_ms``, an
+  event joins the current session when ``ts_ms < last ts_ms of the session + gap``, else
+  opens a new one; the window is ``[first ts_ms, last ts_ms + gap)``, keyed by its start.
+  (An accepted event has ``ts_ms > watermark``, so it never extends a session whose end
+  the watermark has reached: this equals merging windows that fire at the watermark.)
 * model input rows exist where every scoring group has a window ending at the same time
   for the entity.
 
@@ -31,14 +36,33 @@ WindowKey = tuple[str, int]  # (entity_id, window_start_ms)
 
 
 def window_starts(window: Window, ts_ms: int) -> list[int]:
-    """Starts of every window containing ``ts_ms``, oldest first.
+    """Starts of every window containing ``ts_ms``, oldest first (tumbling/hopping only:
+    session windows depend on the entity's other events, see :func:`sessions`).
 
     >>> window_starts(Window("hopping", 30000, 10000), 25000)
     [0, 10000, 20000]
     """
+    if not window.aligned:
+        raise ValueError(f"{window.kind} windows have no fixed starts")
     step = window.step_ms
     last = ts_ms - ts_ms % step
     return list(range(last - window.size_ms + step, last + 1, step))
+
+
+def sessions(ts_ms: Iterable[int], gap_ms: int) -> list[tuple[int, int]]:
+    """``(start, end)`` of the session windows of one entity's accepted timestamps (an
+    event exactly ``gap_ms`` after the last one opens a new session).
+
+    >>> sessions([5_000, 0, 40_000, 29_999, 70_000], 30_000)
+    [(0, 70000), (70000, 100000)]
+    """
+    out: list[tuple[int, int]] = []
+    for ts in sorted(ts_ms):
+        if out and ts < out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], ts + gap_ms))
+        else:
+            out.append((ts, ts + gap_ms))
+    return out
 
 
 def mark_late(events: Iterable[dict[str, Any]], watermark_delay_ms: int) -> Iterator[tuple[dict[str, Any], bool]]:
@@ -60,6 +84,8 @@ class FeatureOutput:
     groups: dict[str, dict[WindowKey, dict[str, float]]] = field(default_factory=dict)
     late: list[dict[str, Any]] = field(default_factory=list)
     accepted: int = 0
+    # session groups only: the window end of each session, ``{(entity_id, start): end}``
+    session_ends: dict[str, dict[WindowKey, int]] = field(default_factory=dict)
 
 
 class GroupWindower:
@@ -69,16 +95,40 @@ class GroupWindower:
         self.group = group
         self.agg = GroupAggregator(group)
         self.state: dict[WindowKey, Acc] = {}
+        self.ends: dict[WindowKey, int] = {}
+        self._pending: dict[str, list[tuple[int, int, dict[str, Any]]]] = {}  # sessions: (ts, seq, event)
 
     def add(self, ev: dict[str, Any], seq: int) -> None:
         key = ev[self.group.key_field]
+        if not self.group.window.aligned:
+            self._pending.setdefault(key, []).append((ev["ts_ms"], seq, ev))
+            return
         for start in window_starts(self.group.window, ev["ts_ms"]):
             acc = self.state.get((key, start))
             if acc is None:
                 acc = self.state[(key, start)] = self.agg.create()
             self.agg.add(acc, ev, seq)
 
+    def _sessionize(self) -> None:
+        """Session groups: fold each entity's events, in ``ts_ms`` order, into its sessions
+        (each keeps its arrival ``seq``, as for the other windows)."""
+        gap = self.group.window.gap_ms or 0
+        for key, items in self._pending.items():
+            items.sort(key=lambda t: (t[0], t[1]))
+            spans = iter(sessions((t[0] for t in items), gap))
+            start, end = next(spans)
+            acc = self.state[(key, start)] = self.agg.create()
+            self.ends[(key, start)] = end
+            for ts, seq, ev in items:
+                if ts >= end:
+                    start, end = next(spans)
+                    acc = self.state[(key, start)] = self.agg.create()
+                    self.ends[(key, start)] = end
+                self.agg.add(acc, ev, seq)
+        self._pending.clear()
+
     def results(self) -> dict[WindowKey, dict[str, float]]:
+        self._sessionize()
         return {k: self.agg.result(acc) for k, acc in sorted(self.state.items(), key=lambda kv: (kv[0][1], kv[0][0]))}
 
 
@@ -94,6 +144,7 @@ def compute_features(spec: FeatureSpec, events: Iterable[dict[str, Any]]) -> Fea
         for w in windowers:
             w.add(ev, seq)
     out.groups = {w.group.name: w.results() for w in windowers}
+    out.session_ends = {w.group.name: w.ends for w in windowers if not w.group.window.aligned}
     return out
 
 

@@ -4,6 +4,8 @@ load, with a fingerprint that versions the feature set.
 >>> spec = load_spec()
 >>> spec.group("user_tumble_10s").window.kind
 'tumbling'
+>>> Window("session", gap_ms=30_000).aligned
+False
 >>> len(spec.version)
 16
 """
@@ -24,6 +26,7 @@ NUMERIC_FIELDS = ("dwell_ms",)
 KEY_FIELDS = ("item_id", "user_id", "device", "region")
 AGGS = ("count", "sum", "mean", "min", "max", "stddev", "last", "distinct_count", "ratio")
 EVENT_TYPES = ("impression", "click", "dwell")
+WINDOW_KINDS = ("tumbling", "hopping", "session")
 
 
 class SpecError(ValueError):
@@ -32,13 +35,25 @@ class SpecError(ValueError):
 
 @dataclass(frozen=True)
 class Window:
-    kind: str  # tumbling | hopping
-    size_ms: int
+    """``tumbling`` (``size_ms``), ``hopping`` (``size_ms``, ``slide_ms``) or ``session``
+    (``gap_ms``: a session closes after that long without events of its entity)."""
+
+    kind: str  # tumbling | hopping | session
+    size_ms: int = 0
     slide_ms: int | None = None
+    gap_ms: int | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in ("tumbling", "hopping"):
-            raise SpecError(f"window kind {self.kind!r} is not tumbling or hopping")
+        if self.kind not in WINDOW_KINDS:
+            raise SpecError(f"window kind {self.kind!r} is not one of {WINDOW_KINDS}")
+        if self.kind == "session":
+            if self.gap_ms is None or self.gap_ms <= 0 or self.gap_ms % 1000:
+                raise SpecError(f"session window gap_ms {self.gap_ms} must be a positive multiple of 1000")
+            if self.size_ms or self.slide_ms is not None:
+                raise SpecError("session window takes only gap_ms (no size_ms or slide_ms)")
+            return
+        if self.gap_ms is not None:
+            raise SpecError(f"{self.kind} window takes no gap_ms")
         if self.size_ms <= 0 or self.size_ms % 1000:
             raise SpecError(f"window size_ms {self.size_ms} must be a positive multiple of 1000")
         if self.kind == "hopping":
@@ -50,7 +65,15 @@ class Window:
             raise SpecError("tumbling window takes no slide_ms")
 
     @property
+    def aligned(self) -> bool:
+        """Whether windows have fixed, entity-independent starts (not sessions)."""
+        return self.kind != "session"
+
+    @property
     def step_ms(self) -> int:
+        """Distance between consecutive window starts (tumbling/hopping only)."""
+        if self.kind == "session":
+            raise SpecError("session windows have no fixed step")
         return self.slide_ms if self.kind == "hopping" and self.slide_ms else self.size_ms
 
 
@@ -143,9 +166,12 @@ def _group(raw: dict[str, Any]) -> FeatureGroup:
     if entity not in ENTITY_FIELDS:
         raise SpecError(f"group {name!r}: entity {entity!r} is not one of {sorted(ENTITY_FIELDS)}")
     win = raw.get("window") or {}
+    if not isinstance(win, dict):
+        raise SpecError(f"group {name!r}: window must be a mapping, not {win!r}")
     try:
         window = Window(str(win.get("kind")), int(win.get("size_ms", 0)),
-                        int(win["slide_ms"]) if win.get("slide_ms") is not None else None)
+                        int(win["slide_ms"]) if win.get("slide_ms") is not None else None,
+                        int(win["gap_ms"]) if win.get("gap_ms") is not None else None)
     except (TypeError, ValueError) as exc:
         if isinstance(exc, SpecError):
             raise SpecError(f"group {name!r}: {exc}") from exc
@@ -153,6 +179,10 @@ def _group(raw: dict[str, Any]) -> FeatureGroup:
     feats = tuple(_feature(name, f) for f in raw.get("features") or ())
     if not feats:
         raise SpecError(f"group {name!r} has no features")
+    if window.kind == "session":
+        for f in feats:
+            if f.agg == "last":  # Flink's LAST_VALUE has no merge(), which merging session windows need
+                raise SpecError(f"group {name!r} feature {f.name!r}: agg last is not supported on session windows")
     names = [f.name for f in feats]
     if len(set(names)) != len(names):
         raise SpecError(f"group {name!r} has duplicate feature names")
@@ -166,6 +196,8 @@ def _group(raw: dict[str, Any]) -> FeatureGroup:
 def canonical(spec: FeatureSpec) -> str:
     """Canonical JSON of what defines the features (key order and group order free)."""
     groups = sorted((asdict(g) for g in spec.groups), key=lambda g: g["name"])
+    for g in groups:  # unset window fields are left out, so tumbling/hopping versions keep their value
+        g["window"] = {k: v for k, v in g["window"].items() if not (k == "gap_ms" and v is None)}
     body = {"groups": groups, "scoring": [spec.scoring_entity, list(spec.scoring_groups)],
             "watermark_delay_ms": spec.watermark_delay_ms}
     return json.dumps(body, sort_keys=True, separators=(",", ":"))
@@ -190,6 +222,9 @@ def parse_spec(raw: dict[str, Any]) -> FeatureSpec:
             raise SpecError(f"scoring group {name!r} is not defined")
         if by_name[name].entity != sentity:
             raise SpecError(f"scoring group {name!r} is not keyed by {sentity}")
+        if not by_name[name].window.aligned:
+            raise SpecError(f"scoring group {name!r} has {by_name[name].window.kind} windows, whose ends are not "
+                            "aligned across entities and groups; only tumbling/hopping groups can be scored")
     steps = {by_name[n].window.step_ms for n in sgroups}
     if len(steps) != 1:
         raise SpecError("scoring groups must all emit at the same step (tumble size == hop slide)")

@@ -3,6 +3,18 @@
 Pure string generation: no Flink import. ``jobs/flink_job.py`` executes the statements.
 The input view must have the decoded event columns plus ``ts``, a rowtime attribute.
 
+Session groups use ``SESSION(TABLE src PARTITION BY key, DESCRIPTOR(ts), gap)``. Flink
+merges session windows whose bounds touch (``TimeWindow.intersects``: ``start <= other.end
+AND end >= other.start``), so with the spec's gap two events exactly ``gap_ms`` apart would
+share a session, where the reference (and Beam) open a new one. The TVF therefore gets
+``gap_ms - 1`` (timestamps are whole milliseconds: ``|a - b| <= gap - 1`` iff ``< gap``)
+and ``window_end_ms`` adds the 1 ms back, so it is the reference's ``last ts + gap_ms``;
+``window_start_ms`` is the first event's ``ts_ms`` in both. ``window_time`` (Flink's
+``window_end - 1 ms``) is then ``window_end_ms - 2``, and Flink fires the session 1 ms of
+watermark earlier than the reference: an accepted event exactly ``gap_ms - 1`` after the
+session's last one, arriving when the watermark is exactly 1 ms below its ``ts_ms``,
+opens a new session in Flink but extends it in the reference.
+
 >>> from transforms.spec import load_spec
 >>> sql = group_query(load_spec().group("user_tumble_10s"), "accepted_events")
 >>> "TUMBLE(TABLE accepted_events" in sql
@@ -89,8 +101,28 @@ def feature_column(name: str) -> str:
     return f"f_{name}"
 
 
+def session_interval_ms(gap_ms: int) -> int:
+    """The gap given to Flink's SESSION TVF for a spec ``gap_ms`` (see the module doc)."""
+    return gap_ms - 1
+
+
+def window_end_shift_ms(group: FeatureGroup) -> int:
+    """What ``window_end_ms`` adds to Flink's ``window_end`` (1 for sessions, else 0)."""
+    return 0 if group.window.aligned else 1
+
+
 def window_tvf(group: FeatureGroup, source: str, time_col: str = "ts") -> str:
+    """The window TVF call of ``group`` over ``source``.
+
+    >>> from transforms.spec import Feature, Window
+    >>> g = FeatureGroup("s", "user", Window("session", gap_ms=30_000), (Feature("n", "count"),))
+    >>> window_tvf(g, "src")
+    "SESSION(TABLE src PARTITION BY `user_id`, DESCRIPTOR(ts), INTERVAL '0 00:00:29.999' DAY TO SECOND(3))"
+    """
     w = group.window
+    if w.kind == "session":
+        gap = interval(session_interval_ms(w.gap_ms or 0))
+        return f"SESSION(TABLE {source} PARTITION BY {_q(group.key_field)}, DESCRIPTOR({time_col}), {gap})"
     if w.kind == "tumbling":
         return f"TUMBLE(TABLE {source}, DESCRIPTOR({time_col}), {interval(w.size_ms)})"
     return f"HOP(TABLE {source}, DESCRIPTOR({time_col}), {interval(w.step_ms)}, {interval(w.size_ms)})"
@@ -104,10 +136,12 @@ def group_query(group: FeatureGroup, source: str) -> str:
     outer = [f"{_outer(f, by_name)} AS {_q(feature_column(f.name))}" for f in group.features]
     key = _q(group.key_field)
     fired = "CAST(CURRENT_ROW_TIMESTAMP() AS TIMESTAMP(3))"
+    shift = window_end_shift_ms(group)
+    end = f"CAST({epoch_ms('window_end')} AS BIGINT)" + (f" + {shift}" if shift else "")
     return (
         f"SELECT '{group.entity}' AS entity_type, entity_id, "
         f"CAST({epoch_ms('window_start')} AS BIGINT) AS window_start_ms, "
-        f"CAST({epoch_ms('window_end')} AS BIGINT) AS window_end_ms, window_time, "
+        f"{end} AS window_end_ms, window_time, "
         f"CAST({epoch_ms(fired)} AS BIGINT) AS fired_at_ms, "
         + ", ".join(outer)
         + f" FROM (SELECT {key} AS entity_id, window_start, window_end, window_time, "

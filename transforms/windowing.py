@@ -1,5 +1,6 @@
 """Incremental event-time windowing over the reference semantics: add events in arrival
-order, and fire each window once the watermark reaches its end. Used by the plain-Python
+order, and fire each window once the watermark reaches its end (``watermark >= end - 1``);
+session windows merge per entity as events arrive and fire the same way. Used by the plain-Python
 peer of the benchmark; ``reference.compute_features`` is its batch twin, and a unit test
 shows the two agree.
 
@@ -22,7 +23,7 @@ from typing import Any
 
 from transforms.aggregates import Acc, GroupAggregator
 from transforms.reference import window_starts
-from transforms.spec import FeatureSpec
+from transforms.spec import FeatureGroup, FeatureSpec
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,13 @@ class FiredWindow:
     features: dict[str, float]
 
 
+@dataclass
+class _Session:
+    start: int
+    end: int  # last ts_ms + gap
+    acc: Acc
+
+
 class StreamingFeatures:
     """All groups of a spec, fired by a bounded-out-of-orderness watermark."""
 
@@ -41,7 +49,10 @@ class StreamingFeatures:
         self.spec = spec
         self.aggs = {g.name: GroupAggregator(g) for g in spec.groups}
         self.state: dict[str, dict[tuple[str, int], Acc]] = {g.name: {} for g in spec.groups}
-        self.timers: list[tuple[int, str, str, int]] = []  # (end, group, entity, start)
+        # session groups: the open sessions of each entity (disjoint, few per entity)
+        self.sessions: dict[str, dict[str, list[_Session]]] = {
+            g.name: {} for g in spec.groups if not g.window.aligned}
+        self.timers: list[tuple[int, str, str, int]] = []  # (end, group, entity, start); sessions: may be stale
         self.watermark: int | None = None
         self.seq = 0
         self.late = 0
@@ -56,6 +67,9 @@ class StreamingFeatures:
             return False
         for g in self.spec.groups:
             key = ev[g.key_field]
+            if not g.window.aligned:
+                self._add_session(g, key, ev, seq)
+                continue
             st = self.state[g.name]
             agg = self.aggs[g.name]
             for start in window_starts(g.window, ts):
@@ -69,13 +83,47 @@ class StreamingFeatures:
             self.watermark = cand
         return True
 
+    def _add_session(self, g: FeatureGroup, key: str, ev: dict[str, Any], seq: int) -> None:
+        """Merge the event's window ``[ts, ts + gap)`` with every open session of ``key``
+        it overlaps; a changed session gets a new timer (its old one goes stale)."""
+        ts, gap, agg = ev["ts_ms"], g.window.gap_ms or 0, self.aggs[g.name]
+        open_ = self.sessions[g.name].setdefault(key, [])
+        hits = [s for s in open_ if s.start < ts + gap and ts < s.end]
+        if len(hits) == 1 and hits[0].start <= ts and ts + gap <= hits[0].end:
+            agg.add(hits[0].acc, ev, seq)  # inside a session: its bounds stay
+            return
+        acc = agg.create()
+        agg.add(acc, ev, seq)
+        merged = _Session(ts, ts + gap, acc)
+        for s in hits:
+            open_.remove(s)
+            merged = _Session(min(merged.start, s.start), max(merged.end, s.end), agg.merge(merged.acc, s.acc))
+        open_.append(merged)
+        heapq.heappush(self.timers, (merged.end, g.name, key, merged.start))
+
+    def _pop_session(self, group: str, key: str, start: int, end: int) -> Acc | None:
+        """The open session ``[start, end)`` of ``key``, removed; None for a stale timer."""
+        open_ = self.sessions[group].get(key, [])
+        for s in open_:
+            if s.start == start and s.end == end:
+                open_.remove(s)
+                if not open_:
+                    del self.sessions[group][key]
+                return s.acc
+        return None
+
     def fired(self, final: bool = False) -> list[FiredWindow]:
         """Windows whose end the watermark has reached (all of them with ``final``)."""
         out = []
         wm = self.watermark if self.watermark is not None else -(2**63)
         while self.timers and (final or self.timers[0][0] - 1 <= wm):
             end, group, key, start = heapq.heappop(self.timers)
-            acc = self.state[group].pop((key, start))
+            if group in self.sessions:
+                acc = self._pop_session(group, key, start, end)
+                if acc is None:
+                    continue
+            else:
+                acc = self.state[group].pop((key, start))
             out.append(FiredWindow(group, key, start, end, self.aggs[group].result(acc)))
         return out
 

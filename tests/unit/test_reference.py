@@ -1,8 +1,8 @@
 import pytest
 
 from transforms.codecs import make_event
-from transforms.reference import compute_features, mark_late, model_rows, window_starts
-from transforms.spec import Window, load_spec
+from transforms.reference import compute_features, mark_late, model_rows, sessions, window_starts
+from transforms.spec import Window, load_spec, parse_spec
 
 
 def test_window_assignment():
@@ -45,3 +45,58 @@ def test_hand_computed_features_and_model_rows():
     assert keys == [("u1", base + 10_000), ("u2", base + 10_000), ("u1", base + 20_000)]
     assert len(rows[0][3]) == len(spec.model_feature_names)
     assert out.late == [] and out.accepted == len(evs)
+
+
+# --- session windows ---------------------------------------------------------------
+
+SESSION_SPEC = parse_spec({
+    "watermark_delay_ms": 2000, "scoring": {"entity": "user", "groups": ["t"]},
+    "groups": [
+        {"name": "t", "entity": "user", "window": {"kind": "tumbling", "size_ms": 10_000},
+         "features": [{"name": "n", "agg": "count"}]},
+        {"name": "s", "entity": "user", "window": {"kind": "session", "gap_ms": 30_000}, "features": [
+            {"name": "n", "agg": "count"},
+            {"name": "clicks", "agg": "count", "event_type": "click"},
+            {"name": "imps", "agg": "count", "event_type": "impression"},
+            {"name": "ctr", "agg": "ratio", "numerator": "clicks", "denominator": "imps", "default": -1.0},
+            {"name": "dwell_mean", "agg": "mean", "field": "dwell_ms", "event_type": "dwell", "default": -2.0},
+            {"name": "items", "agg": "distinct_count", "field": "item_id"}]}]})
+B = 1_000_000_020_000
+SESSION_EVENTS = [  # arrival order; watermark after each = max(ts) - 2000
+    make_event("a", "u1", "i1", B, "impression"),
+    make_event("h", "u2", "i1", B + 5_000, "impression"),
+    make_event("b", "u1", "i1", B + 10_000, "click"),
+    make_event("c", "u1", "i2", B + 41_000, "impression"),  # 31 s after b: a second session; wm B+39000
+    make_event("d", "u1", "i1", B + 39_500, "dwell", 200.0),  # out of order: < gap from b and c, bridges them
+    make_event("e", "u1", "i3", B + 100_000, "impression"),  # wm B+98000
+    make_event("g", "u1", "i3", B + 75_000, "click"),  # late
+    make_event("f", "u1", "i3", B + 130_000, "click"),  # exactly gap after e: a new session
+]
+
+
+def test_sessions_rule():
+    assert sessions([], 30_000) == []
+    assert sessions([5, 0], 10) == [(0, 15)]
+    assert sessions([0, 10, 19, 30], 10) == [(0, 10), (10, 29), (30, 40)]  # touching sessions stay apart
+
+
+def test_session_windows_hand_computed_with_bridging_event():
+    before = compute_features(SESSION_SPEC, SESSION_EVENTS[:4])
+    assert list(before.groups["s"]) == [("u1", B), ("u2", B + 5_000), ("u1", B + 41_000)]
+    out = compute_features(SESSION_SPEC, SESSION_EVENTS)
+    assert [e["event_id"] for e in out.late] == ["g"]
+    s = out.groups["s"]
+    assert list(s) == [("u1", B), ("u2", B + 5_000), ("u1", B + 100_000), ("u1", B + 130_000)]
+    assert s[("u1", B)] == {"n": 4.0, "clicks": 1.0, "imps": 2.0, "ctr": 0.5, "dwell_mean": 200.0, "items": 2.0}
+    assert s[("u2", B + 5_000)] == {"n": 1.0, "clicks": 0.0, "imps": 1.0, "ctr": 0.0, "dwell_mean": -2.0, "items": 1.0}
+    assert s[("u1", B + 100_000)]["imps"] == 1.0 and s[("u1", B + 100_000)]["clicks"] == 0.0
+    assert s[("u1", B + 130_000)] == {"n": 1.0, "clicks": 1.0, "imps": 0.0, "ctr": -1.0, "dwell_mean": -2.0,
+                                      "items": 1.0}
+    assert out.session_ends == {"s": {("u1", B): B + 71_000, ("u2", B + 5_000): B + 35_000,
+                                      ("u1", B + 100_000): B + 130_000, ("u1", B + 130_000): B + 160_000}}
+    assert model_rows(SESSION_SPEC, out)  # scoring (tumbling) groups unaffected
+
+
+def test_session_windows_have_no_fixed_starts():
+    with pytest.raises(ValueError, match="session windows have no fixed starts"):
+        window_starts(Window("session", gap_ms=30_000), 1_000)
