@@ -28,6 +28,7 @@ from transforms.avro_sql import columns_ddl, field_names  # noqa: E402
 from transforms.scoring import Registry, RegistryError  # noqa: E402
 from transforms.spec import FeatureSpec, load_spec  # noqa: E402
 from transforms.sql_compiler import (  # noqa: E402
+    STDDEV_FUNCTION,
     feature_column,
     group_query,
     interval,
@@ -159,6 +160,7 @@ def build(cfg: JobConfig, ceiling: bool = False) -> BuiltJob:
         conf.set(k, v)
 
     t_env.create_java_temporary_system_function("decode_event", "io.streamscore.udf.DecodeEvent")
+    t_env.create_java_temporary_system_function(STDDEV_FUNCTION, "io.streamscore.udf.StddevPop")
     t_env.execute_sql(source_ddl(cfg, spec))
     ev_cols = ", ".join(f"`ev`.`{c}` AS `{c}`" for c in field_names("event"))
     t_env.execute_sql(

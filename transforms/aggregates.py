@@ -21,7 +21,8 @@ from typing import Any
 from transforms.spec import Feature, FeatureGroup
 
 # Per-feature state, by aggregation:
-#   count: [n]; sum: [n, s]; mean: [n, s]; min/max: [n, v]; stddev: [n, s, ss];
+#   count: [n]; sum: [n, s]; mean: [n, s]; min/max: [n, v]; stddev: [n, mean, m2]
+#   (Welford updates, Chan merges: no cancellation, constant inputs give exactly 0);
 #   last: [seq, v] (seq -1 when empty); distinct_count: set
 Acc = list[Any]
 
@@ -40,6 +41,17 @@ def _new(f: Feature) -> Any:
     if f.agg == "distinct_count":
         return set()
     raise ValueError(f"no accumulator for {f.agg}")
+
+
+def _chan_merge(a: list[Any], b: list[Any]) -> list[Any]:
+    """Merge two ``[n, mean, m2]`` states (Chan et al.)."""
+    if b[0] == 0:
+        return list(a)
+    if a[0] == 0:
+        return list(b)
+    n = a[0] + b[0]
+    d = b[1] - a[1]
+    return [n, a[1] + d * b[0] / n, a[2] + b[2] + d * d * (a[0] * b[0] / n)]
 
 
 class GroupAggregator:
@@ -77,8 +89,9 @@ class GroupAggregator:
                     st[0] += 1
                 elif a == "stddev":
                     st[0] += 1
-                    st[1] += x
-                    st[2] += x * x
+                    d = x - st[1]
+                    st[1] += d / st[0]
+                    st[2] += d * (x - st[1])
                 elif a == "last" and seq >= st[0]:
                     st[0] = seq
                     st[1] = x
@@ -98,6 +111,8 @@ class GroupAggregator:
                     out[i] = [x[0] + y[0], pick(x[1], y[1])]
             elif f.agg == "last":
                 out[i] = list(x if x[0] >= y[0] else y)
+            elif f.agg == "stddev":
+                out[i] = _chan_merge(x, y)
             else:
                 out[i] = [p + q for p, q in zip(x, y, strict=False)]
         return out
@@ -121,9 +136,8 @@ class GroupAggregator:
                 vals[f.name] = st[1] / st[0]
             elif a in ("min", "max"):
                 vals[f.name] = float(st[1])
-            else:  # stddev, population, same formula as the compiled SQL
-                n, s, ss = st
-                vals[f.name] = math.sqrt(max(ss / n - (s / n) ** 2, 0.0))
+            else:  # stddev, population; the Flink job runs the same algorithm (StddevPop)
+                vals[f.name] = math.sqrt(max(st[2] / st[0], 0.0))
         for f in self._ratios:
             den = vals[f.denominator]  # type: ignore[index]
             vals[f.name] = f.default if den == 0 else vals[f.numerator] / den  # type: ignore[index]

@@ -46,6 +46,9 @@ def epoch_ms(expr: str) -> str:
     return f"(EXTRACT(EPOCH FROM {expr}) * 1000 + EXTRACT(MILLISECOND FROM {expr}))"
 
 
+STDDEV_FUNCTION = "stddev_pop_stable"  # registered by jobs/flink_job.py from the UDF jar
+
+
 def _q(name: str) -> str:
     return f"`{name}`"
 
@@ -69,9 +72,8 @@ def _inner(f: Feature) -> list[str]:
     if f.agg in ("min", "max", "last"):
         fn = {"min": "MIN", "max": "MAX", "last": "LAST_VALUE"}[f.agg]
         return [f"COUNT({fld}){flt} AS {_col(f, '_n')}", f"{fn}({fld}){flt} AS {_col(f)}"]
-    if f.agg == "stddev":
-        return [f"COUNT({fld}){flt} AS {_col(f, '_n')}", f"SUM({fld}){flt} AS {_col(f, '_s')}",
-                f"SUM({fld} * {fld}){flt} AS {_col(f, '_ss')}"]
+    if f.agg == "stddev":  # the JVM UDAF io.streamscore.udf.StddevPop (Welford/Chan)
+        return [f"COUNT({fld}){flt} AS {_col(f, '_n')}", f"{STDDEV_FUNCTION}({fld}){flt} AS {_col(f)}"]
     raise ValueError(f"no inner aggregate for {f.agg}")
 
 
@@ -86,9 +88,7 @@ def _outer(f: Feature, by_name: dict[str, Feature]) -> str:
     if f.agg in ("min", "max", "last"):
         return f"CASE WHEN {_col(f, '_n')} = 0 THEN {d} ELSE CAST({_col(f)} AS DOUBLE) END"
     if f.agg == "stddev":
-        n, s, ss = _col(f, "_n"), _col(f, "_s"), _col(f, "_ss")
-        return (f"CASE WHEN {n} = 0 THEN {d} ELSE "
-                f"SQRT(GREATEST({ss} / {n} - POWER({s} / {n}, 2), CAST(0.0 AS DOUBLE))) END")
+        return f"CASE WHEN {_col(f, '_n')} = 0 THEN {d} ELSE {_col(f)} END"
     if f.agg == "ratio":
         num = _outer(by_name[f.numerator], by_name)  # type: ignore[index]
         den = _outer(by_name[f.denominator], by_name)  # type: ignore[index]

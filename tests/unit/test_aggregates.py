@@ -95,3 +95,18 @@ def test_empty_aggregates_give_defaults():
     r = GroupAggregator(GROUP).result(GroupAggregator(GROUP).create())
     assert r["ctr"] == -1.0 and r["dmean"] == -2.0 and r["dmin"] == -3.0 and r["dlast"] == -4.0
     assert r["n"] == 0.0 and r["dsum"] == 0.0 and r["items"] == 0.0
+
+
+def test_stddev_is_exactly_zero_on_constant_input_whatever_the_merge_order():
+    agg = GroupAggregator(GROUP)
+    evs = [{"event_type": "dwell", "item_id": "i1", "dwell_ms": 12345.6}] * 7
+    whole = agg.result(_fold(agg, evs))["dstd"]
+    parts = agg.merge(_fold(agg, evs[:3]), agg.merge(_fold(agg, evs[3:5], 3), _fold(agg, evs[5:], 5)))
+    assert whole == 0.0 and agg.result(parts)["dstd"] == 0.0
+
+
+def test_stddev_is_stable_for_large_offsets():
+    agg = GroupAggregator(GROUP)
+    values = [1e9 + v for v in (0.1, 0.2, 0.3, 0.4)]
+    r = agg.result(_fold(agg, [{"event_type": "dwell", "item_id": "i", "dwell_ms": v} for v in values]))
+    assert r["dstd"] == pytest.approx(np.std(np.array(values) - 1e9), rel=1e-6)
