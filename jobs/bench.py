@@ -27,7 +27,6 @@ import platform
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ import numpy as np
 
 from jobs import kafka_local
 from jobs.generator import TrafficConfig, generate_events
+from jobs.job_runner import fresh_topics, job_command, job_env
 from jobs.kafka_io import produce_events, read_topic
 from jobs.outputs import read_outputs
 from jobs.paths import REGISTRY, ROOT
@@ -50,26 +50,8 @@ def _log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
-def _topics(bootstrap: str, prefix: str) -> dict[str, str]:
-    tag = f"{prefix}-{uuid.uuid4().hex[:6]}"
-    names = {"events": f"{tag}-events", "scores": f"{tag}-scores", "feature-snapshots": f"{tag}-snapshots",
-             "dead-letters": f"{tag}-dead-letters"}
-    kafka_local.create_topics(bootstrap, {v: kafka_local.TOPICS[k] for k, v in names.items()})
-    return names
-
-
-def _job_env(bootstrap: str, topics: dict[str, str], **extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({"STREAMSCORE_BOOTSTRAP": bootstrap, "STREAMSCORE_EVENTS_TOPIC": topics["events"],
-                "STREAMSCORE_SCORES_TOPIC": topics["scores"], "STREAMSCORE_SNAPSHOTS_TOPIC": topics["feature-snapshots"],
-                "STREAMSCORE_DEAD_LETTERS_TOPIC": topics["dead-letters"],
-                "STREAMSCORE_GROUP_ID": f"bench-{uuid.uuid4().hex[:6]}"})
-    env.update(extra)
-    return env
-
-
 def _run_job(env: dict[str, str], broker_pid: int, args: list[str]) -> tuple[dict[str, Any], Any]:
-    proc = subprocess.Popen([sys.executable, "-m", "jobs.flink_job", *args], env=env, cwd=ROOT, text=True,
+    proc = subprocess.Popen(job_command(*args), env=env, cwd=ROOT, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     with TreeSampler([proc.pid, broker_pid]) as sampler:
         out, err = proc.communicate()
@@ -95,9 +77,9 @@ def _sustained_rate(event_ts: np.ndarray, snapshots: list[tuple[Any, dict[str, A
 
 def _latency_phase(bootstrap: str, broker_pid: int, rate: float, seconds: float, spec_delay_ms: int,
                    registry: str) -> dict[str, Any]:
-    topics = _topics(bootstrap, "lat")
-    env = _job_env(bootstrap, topics, STREAMSCORE_BOUNDED="false", STREAMSCORE_REGISTRY=registry)
-    proc = subprocess.Popen([sys.executable, "-m", "jobs.flink_job", "--unbounded"], env=env, cwd=ROOT, text=True,
+    topics = fresh_topics(bootstrap, "lat")
+    env = job_env(bootstrap, topics, STREAMSCORE_BOUNDED="false", STREAMSCORE_REGISTRY=registry)
+    proc = subprocess.Popen(job_command("--unbounded"), env=env, cwd=ROOT, text=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         # warm the job up on a few windows' worth of traffic before the measured replay
@@ -172,7 +154,7 @@ def bench(n_events: int, peer_events: int, latency_s: float, label: str, env_ove
     try:
         if not REGISTRY.exists():
             subprocess.run([sys.executable, "-m", "models.train"], check=True, cwd=ROOT)
-        topics = _topics(broker.bootstrap, "bench")
+        topics = fresh_topics(broker.bootstrap, "bench")
         traffic = TrafficConfig(seed=5, out_of_order_fraction=0.05)
         _log(f"pre-loading {n_events} events into {topics['events']}")
         ts: list[int] = []
@@ -184,7 +166,7 @@ def bench(n_events: int, peer_events: int, latency_s: float, label: str, env_ove
 
         produce_events(broker.bootstrap, topics["events"], tap(), total=n_events)
         event_ts = np.sort(np.array(ts, dtype=np.int64))
-        env = _job_env(broker.bootstrap, topics, STREAMSCORE_REGISTRY=str(REGISTRY))
+        env = job_env(broker.bootstrap, topics, STREAMSCORE_REGISTRY=str(REGISTRY))
 
         _log("ceiling: bare Flink SQL aggregation into a blackhole")
         ceil_info, ceil_stats = _run_job(env, broker_pid, ["--ceiling"])
@@ -192,7 +174,7 @@ def bench(n_events: int, peer_events: int, latency_s: float, label: str, env_ove
         _log(f"ceiling {ceiling_rate:,.0f} events/s")
 
         _log("streamscore job: decode, windows, snapshots, ONNX scoring, Kafka sinks")
-        env_job = dict(env, STREAMSCORE_GROUP_ID=f"bench-{uuid.uuid4().hex[:6]}")
+        env_job = job_env(broker.bootstrap, topics, STREAMSCORE_REGISTRY=str(REGISTRY))
         job_info, job_stats = _run_job(env_job, broker_pid, [])
         job_rate = n_events / job_info["running_s"]
         out = read_outputs(broker.bootstrap, topics["scores"], topics["feature-snapshots"], topics["dead-letters"])
@@ -201,7 +183,7 @@ def bench(n_events: int, peer_events: int, latency_s: float, label: str, env_ove
 
         peer_n = min(peer_events, n_events)
         _log(f"peer: plain Python consumer/producer on the first {peer_n} events")
-        peer_topics = _topics(broker.bootstrap, "peer")
+        peer_topics = fresh_topics(broker.bootstrap, "peer")
         peer = run_peer(broker.bootstrap, topics["events"], peer_topics, spec, REGISTRY, peer_n)
         flink_snaps = {(v["feature_group"], v["entity_id"], v["window_start_ms"]): v["features"]
                        for _, v, _ in out.snapshots}

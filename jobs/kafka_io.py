@@ -38,6 +38,16 @@ def producer(bootstrap: str, **extra: Any) -> Any:
     return Producer(conf)
 
 
+def produce_one(prod: Any, topic: str, key: bytes | None, value: bytes) -> None:
+    """``prod.produce`` that waits (serving delivery callbacks) while the queue is full."""
+    while True:
+        try:
+            prod.produce(topic, value=value, key=key)
+            return
+        except BufferError:
+            prod.poll(0.05)
+
+
 def _progress(label: str, done: int, total: int | None, t0: float) -> None:
     rate = done / max(time.monotonic() - t0, 1e-9)
     of = f"/{total}" if total else ""
@@ -65,12 +75,7 @@ def produce_events(
 
     def send(key: bytes | None, value: bytes) -> None:
         nonlocal sent
-        while True:
-            try:
-                prod.produce(topic, value=value, key=key)
-                break
-            except BufferError:
-                prod.poll(0.05)
+        produce_one(prod, topic, key, value)
         sent += 1
         if rate_per_s:
             ahead = sent / rate_per_s - (time.monotonic() - t0)

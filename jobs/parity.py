@@ -7,18 +7,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 from jobs import kafka_local
 from jobs.generator import TrafficConfig, generate_events
+from jobs.job_runner import fresh_topics, job_env, run_job
 from jobs.kafka_io import produce_events, read_topic
-from jobs.paths import REGISTRY, ROOT
+from jobs.paths import REGISTRY
 from transforms.codecs import decode, validate_event
 from transforms.parity import Groups, compare, exact_features
 from transforms.reference import compute_features
@@ -31,20 +29,9 @@ def _log(msg: str) -> None:
 
 def flink_features(bootstrap: str, events: list[dict[str, Any]], spec_path: str = "") -> Groups:
     """Run the real Flink job on ``events`` (fresh topics) and collect its snapshots."""
-    tag = uuid.uuid4().hex[:8]
-    topics = {"events": f"parity-{tag}-events", "scores": f"parity-{tag}-scores",
-              "feature-snapshots": f"parity-{tag}-snapshots", "dead-letters": f"parity-{tag}-dead-letters"}
-    kafka_local.create_topics(bootstrap, {v: kafka_local.TOPICS[k] for k, v in topics.items()})
+    topics = fresh_topics(bootstrap, "parity")
     produce_events(bootstrap, topics["events"], iter(events), total=len(events))
-    env = dict(os.environ)
-    env.update({"STREAMSCORE_BOOTSTRAP": bootstrap, "STREAMSCORE_EVENTS_TOPIC": topics["events"],
-                "STREAMSCORE_SCORES_TOPIC": topics["scores"], "STREAMSCORE_SNAPSHOTS_TOPIC": topics["feature-snapshots"],
-                "STREAMSCORE_DEAD_LETTERS_TOPIC": topics["dead-letters"], "STREAMSCORE_BOUNDED": "true",
-                "STREAMSCORE_GROUP_ID": f"parity-{tag}", "STREAMSCORE_SPEC": spec_path,
-                "STREAMSCORE_REGISTRY": str(REGISTRY)})
-    res = subprocess.run([sys.executable, "-m", "jobs.flink_job"], env=env, cwd=ROOT, text=True, capture_output=True)
-    if res.returncode != 0:
-        raise RuntimeError(f"Flink job failed:\n{res.stderr[-4000:]}")
+    run_job(job_env(bootstrap, topics, STREAMSCORE_SPEC=spec_path, STREAMSCORE_REGISTRY=str(REGISTRY)))
     groups: Groups = {}
     for _, v, _ in read_topic(bootstrap, topics["feature-snapshots"], lambda b: decode(b, "feature_snapshot")):
         groups.setdefault(v["feature_group"], {})[(v["entity_id"], v["window_start_ms"])] = v["features"]

@@ -8,10 +8,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from jobs.kafka_io import produce_one
 from transforms.codecs import encode, try_decode_event
 from transforms.scoring import load_router
 from transforms.spec import FeatureSpec
@@ -54,7 +54,7 @@ def run_peer(bootstrap: str, events_topic: str, out_topics: dict[str, str], spec
             rec = {"entity_type": spec.group(f.group).entity, "entity_id": f.entity_id, "feature_group": f.group,
                    "window_start_ms": f.window_start_ms, "window_end_ms": f.window_end_ms, "features": f.features,
                    "feature_set_version": spec.version, "schema_version": 1}
-            _produce(p, out_topics["feature-snapshots"], f"{f.group}|{f.entity_id}".encode(), encode(rec, "feature_snapshot"))
+            produce_one(p, out_topics["feature-snapshots"], f"{f.group}|{f.entity_id}".encode(), encode(rec, "feature_snapshot"))
             snaps += 1
             if snaps % sample_every == 0 and not final:  # final flushes hold partial windows
                 sample[(f.group, f.entity_id, f.window_start_ms)] = f.features
@@ -69,7 +69,7 @@ def run_peer(bootstrap: str, events_topic: str, out_topics: dict[str, str], spec
                        "arm": "active" if not out.fallback_reason else "fallback",
                        "fallback_reason": out.fallback_reason, "feature_set_version": spec.version,
                        "fired_at_ms": now, "scored_at_ms": now, "schema_version": 1}
-                _produce(p, out_topics["scores"], key.encode(), encode(rec, "scored_result"))
+                produce_one(p, out_topics["scores"], key.encode(), encode(rec, "scored_result"))
             scores += len(rows)
 
     while n < max_events:
@@ -88,7 +88,7 @@ def run_peer(bootstrap: str, events_topic: str, out_topics: dict[str, str], spec
                 rec = {"reason": reason or "late", "detail": detail or "", "source_topic": events_topic,
                        "source_partition": m.partition(), "source_offset": m.offset(), "raw": m.value() or b"",
                        "schema_version": 1}
-                _produce(p, out_topics["dead-letters"], None, encode(rec, "dead_letter"))
+                produce_one(p, out_topics["dead-letters"], None, encode(rec, "dead_letter"))
         emit(w.fired())
         p.poll(0)
     emit(w.fired(final=True), final=True)
@@ -96,12 +96,3 @@ def run_peer(bootstrap: str, events_topic: str, out_topics: dict[str, str], spec
     seconds = time.monotonic() - (t0 or time.monotonic())
     c.close()
     return PeerResult(n, seconds, snaps, scores, dls, sample)
-
-
-def _produce(p: Any, topic: str, key: bytes | None, value: bytes) -> None:
-    while True:
-        try:
-            p.produce(topic, key=key, value=value)
-            return
-        except BufferError:
-            p.poll(0.05)
