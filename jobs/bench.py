@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="streamscore bench", description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("--events", type=int, default=5_000_000, help="events to pre-load (default 5000000)")
-    ap.add_argument("--peer-events", type=int, default=1_000_000, help="events the peer processes (default 1000000)")
+    ap.add_argument("--peer-events", type=int, default=500_000, help="events the peer processes (default 500000)")
     ap.add_argument("--latency-seconds", type=float, default=40.0, help="replay length of the latency phase; 0 skips it")
     ap.add_argument("--label", default="", help="a name for this run in bench/results.jsonl")
     ap.add_argument("--set", action="append", default=[], metavar="STREAMSCORE_X=V",
