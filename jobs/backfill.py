@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from jobs.kafka_io import consume_until
 from jobs.paths import ROOT
 from transforms.codecs import ValidationLimits, try_decode_event, validate_event
 from transforms.pit import ID_COLUMNS, dataset_fingerprint, sort_rows, time_range
@@ -82,28 +83,16 @@ def read_kafka_range(bootstrap: str, topic: str, start: int, end: int, *, partit
                 todo[p], first[p], per_part[p] = e, s, []
                 log(f"partition {p}: offsets [{s}, {e})")
         c.assign([TopicPartition(topic, p, first[p]) for p in todo])
-        deadline = time.monotonic() + timeout_s
+        end_of = dict(todo)  # consume_until empties todo as partitions finish
         n = 0
-        while todo and time.monotonic() < deadline:
-            for msg in c.consume(10_000, timeout=1.0):
-                if msg.error():
-                    continue
-                p, off = msg.partition(), msg.offset()
-                if p is None or off is None:
-                    continue
-                if p in todo and off < todo[p]:
-                    per_part[p].append((msg.timestamp()[1], off, msg.value()))
-                    n += 1
-                    if n % PROGRESS_EVERY == 0:
-                        log(f"read {n} records")
-                if p in todo and off + 1 >= todo[p]:
-                    del todo[p]
-            # transaction markers may occupy the last offsets: stop at the end position too
-            for tp in c.position([TopicPartition(topic, p) for p in list(todo)]):
-                if tp.offset >= 0 and tp.offset >= todo.get(tp.partition, 0):
-                    todo.pop(tp.partition, None)
-        if todo:
-            raise TimeoutError(f"{topic}: partitions {sorted(todo)} not read to their end offset in {timeout_s}s")
+        for msg in consume_until(c, topic, todo, timeout_s):
+            p, off = msg.partition(), msg.offset()
+            if p is None or off is None or p not in per_part or off >= end_of[p]:
+                continue
+            per_part[p].append((msg.timestamp()[1], off, msg.value()))
+            n += 1
+            if n % PROGRESS_EVERY == 0:
+                log(f"read {n} records")
     finally:
         c.close()
     streams = [[(ts, p, v) for ts, _off, v in recs] for p, recs in sorted(per_part.items())]

@@ -17,10 +17,11 @@ import json
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 if __package__ in (None, ""):  # `flink run -py jobs/flink_job.py`
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from jobs.config import JobConfig  # noqa: E402
 from jobs.paths import flink_jar_urls  # noqa: E402
@@ -44,7 +45,7 @@ class JobSetupError(RuntimeError):
 def check_models(cfg: JobConfig, spec: FeatureSpec) -> None:
     """Refuse to serve a primary model trained on another feature-set version."""
     try:
-        entry = Registry(__import__("pathlib").Path(cfg.registry_path)).get(cfg.model_name)
+        entry = Registry(Path(cfg.registry_path)).get(cfg.model_name)
     except RegistryError as exc:
         print(f"[job] warning: {exc}; scores will come from the fallback chain", file=sys.stderr)
         return

@@ -45,8 +45,7 @@ class ScoreBatch(ScalarFunction):
 
     def open(self, function_context: FunctionContext) -> None:
         self.router = load_router(Path(self.registry_path), self.model_name, self.fallback_name,
-                                  self.feature_set_version, self.default_score)
-        self.router.latency_budget_ms = self.latency_budget_ms
+                                  self.feature_set_version, self.default_score, self.latency_budget_ms)
 
     def eval(self, frame: pd.DataFrame) -> pd.DataFrame:
         router = self.router

@@ -139,6 +139,28 @@ def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
         c.close()
 
 
+def consume_until(c: Any, topic: str, ends: dict[int, int], timeout_s: float) -> Iterator[Any]:
+    """Yield the good messages of an assigned consumer until every partition in ``ends``
+    reaches its end offset (``ends`` is emptied as they do); TimeoutError otherwise.
+    Transaction markers can occupy the last offsets, so the consumer position counts too."""
+    from confluent_kafka import TopicPartition
+
+    deadline = time.monotonic() + timeout_s
+    while ends and time.monotonic() < deadline:
+        for msg in c.consume(10_000, timeout=1.0):
+            if msg.error():
+                continue
+            yield msg
+            p = msg.partition()
+            if p in ends and msg.offset() + 1 >= ends[p]:
+                del ends[p]
+        for tp in c.position([TopicPartition(topic, p) for p in list(ends)]):
+            if tp.offset >= 0 and tp.offset >= ends.get(tp.partition, 0):
+                ends.pop(tp.partition, None)
+    if ends:
+        raise TimeoutError(f"reading {topic}: partitions {sorted(ends)} not read to the end in {timeout_s}s")
+
+
 def read_topic(
     bootstrap: str,
     topic: str,
@@ -161,22 +183,9 @@ def read_topic(
     try:
         todo = {p: hi for p, hi in ends.items() if hi > 0}
         c.assign([TopicPartition(topic, p, 0) for p in todo])
-        deadline = time.monotonic() + timeout_s
-        while todo and time.monotonic() < deadline:
-            for msg in c.consume(10_000, timeout=1.0):
-                if msg.error():
-                    continue
-                val = msg.value()
-                out.append((msg.key(), decode(val) if decode else val, msg.timestamp()[1]))
-                p = msg.partition()
-                if p in todo and msg.offset() + 1 >= todo[p]:
-                    del todo[p]
-            # transactional markers can sit at the end: stop when the position reaches the end
-            for tp in c.position([TopicPartition(topic, p) for p in list(todo)]):
-                if tp.offset >= 0 and tp.offset >= todo.get(tp.partition, 0):
-                    todo.pop(tp.partition, None)
-        if todo:
-            raise TimeoutError(f"reading {topic}: partitions {sorted(todo)} not read to the end in {timeout_s}s")
+        for msg in consume_until(c, topic, todo, timeout_s):
+            val = msg.value()
+            out.append((msg.key(), decode(val) if decode else val, msg.timestamp()[1]))
     finally:
         c.close()
     return out

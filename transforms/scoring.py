@@ -165,7 +165,7 @@ class ModelRouter:
 
 
 def load_router(registry_path: Path, model_name: str, fallback_name: str | None, feature_set_version: str,
-                default_score: float = 0.05) -> ModelRouter:
+                default_score: float = 0.05, latency_budget_ms: float = 1_000.0) -> ModelRouter:
     """Build a router from the registry; a model that fails to load is replaced by the
     next link of the chain, and the reason is carried on every score."""
     errors: list[str] = []
@@ -186,4 +186,5 @@ def load_router(registry_path: Path, model_name: str, fallback_name: str | None,
 
     primary = load(model_name)
     fallback = load(fallback_name) if fallback_name and fallback_name != model_name else None
-    return ModelRouter(primary, fallback, default_score, primary_error=errors[0] if primary is None and errors else "")
+    return ModelRouter(primary, fallback, default_score, latency_budget_ms,
+                       primary_error=errors[0] if primary is None and errors else "")
