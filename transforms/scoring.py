@@ -1,4 +1,4 @@
-"""Model registry manifest and ONNX scoring with a fallback chain (``load/predict``).
+"""ONNX scoring (``load/predict``) with a fallback chain; the registry is ``transforms.registry``.
 
 >>> import numpy as np
 >>> r = ModelRouter(None, None, default_score=0.1)
@@ -9,77 +9,20 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from transforms.registry import ModelEntry, Registry, RegistryError, sha256_file
 
-class RegistryError(ValueError):
-    """The registry manifest or an artifact is missing or inconsistent."""
+__all__ = ["BatchScores", "ModelEntry", "ModelRouter", "OnnxScorer", "Registry", "RegistryError", "ScoringError",
+           "load_router", "sha256_file"]
 
 
 class ScoringError(RuntimeError):
     """A model failed to produce valid scores for a batch."""
-
-
-@dataclass(frozen=True)
-class ModelEntry:
-    name: str
-    version: str
-    kind: str  # gbdt | mlp
-    path: str  # relative to the registry folder
-    sha256: str
-    feature_names: tuple[str, ...]
-    feature_set_version: str
-    training_data_fingerprint: str
-    metrics: dict[str, float] = field(default_factory=dict)
-    stage: str = "candidate"
-
-    @classmethod
-    def from_json(cls, raw: dict[str, Any]) -> ModelEntry:
-        try:
-            return cls(raw["name"], raw["version"], raw["kind"], raw["path"], raw["sha256"],
-                       tuple(raw["feature_names"]), raw["feature_set_version"],
-                       raw["training_data_fingerprint"], dict(raw.get("metrics", {})), raw.get("stage", "candidate"))
-        except KeyError as exc:
-            raise RegistryError(f"registry entry missing {exc}") from exc
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-class Registry:
-    """Reads ``models/registry.json``."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        try:
-            raw = json.loads(self.path.read_text())
-        except (OSError, ValueError) as exc:
-            raise RegistryError(f"cannot read registry {self.path}: {exc}") from exc
-        self.entries = [ModelEntry.from_json(m) for m in raw.get("models", [])]
-
-    def get(self, name: str, version: str | None = None) -> ModelEntry:
-        hits = [m for m in self.entries if m.name == name and (version is None or m.version == version)]
-        if not hits:
-            raise RegistryError(f"no model {name}:{version or '*'} in {self.path}")
-        return hits[-1]
-
-    def by_stage(self, stage: str) -> list[ModelEntry]:
-        return [m for m in self.entries if m.stage == stage]
-
-    def artifact(self, entry: ModelEntry) -> Path:
-        return self.path.parent / entry.path
 
 
 class OnnxScorer:

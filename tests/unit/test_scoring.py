@@ -70,7 +70,9 @@ def test_router_falls_back_to_known_good_then_default(registry, data, tmp_path):
     root, _, entries = registry
     x, _ = data
     good = tmp_path / "registry.json"
-    bad = [dict(entries[0], path="artifacts/missing.onnx"), dict(entries[1], path=str(root / entries[1]["path"]))]
+    (tmp_path / "artifacts").mkdir()
+    (tmp_path / entries[1]["path"]).write_bytes((root / entries[1]["path"]).read_bytes())
+    bad = [dict(entries[0], path="artifacts/missing.onnx"), entries[1]]
     good.write_text(json.dumps({"models": bad}))
     router = load_router(good, "gbdt", "mlp", "fs1")
     out = router.score(x[:10])
