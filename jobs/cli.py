@@ -9,12 +9,14 @@ COMMANDS = {
     "kafka": ("jobs.kafka_local", "start/stop/status/reset the local KRaft broker"),
     "generate": ("jobs.generate", "synthetic traffic to Kafka or an Avro file"),
     "train": ("models.train", "train and register the GBDT and MLP models (ONNX)"),
+    "models": ("jobs.models_cli", "model registry: list, show, register, promote, rollback"),
     "run": ("jobs.flink_job", "run the Flink job on the embedded mini-cluster"),
     "cluster": ("jobs.cluster", "start/stop a standalone Flink session cluster, submit the job"),
     "demo": ("jobs.demo", "the whole pipeline end to end, with a JSON summary"),
     "parity": ("jobs.parity", "feature parity: reference vs Beam vs the Flink job"),
     "bench": ("jobs.bench", "throughput and latency vs the bare-SQL ceiling and a plain-Python peer"),
     "backfill": ("jobs.backfill", "point-in-time training dataset from Avro or Kafka offsets (Beam)"),
+    "experiment": ("jobs.experiment", "online experiment report: lift, confidence interval, significance, verdict"),
 }
 
 

@@ -36,10 +36,30 @@ class JobConfig:
     spec_path: str = ""
     # STREAMSCORE_REGISTRY: model registry manifest
     registry_path: str = str(REGISTRY)
-    # STREAMSCORE_MODEL / STREAMSCORE_FALLBACK_MODEL: registry names of the served and
-    # known-good models
-    model_name: str = "gbdt"
-    fallback_model_name: str = "mlp"
+    # STREAMSCORE_MODEL / STREAMSCORE_FALLBACK_MODEL: the served and known-good models at
+    # start (name or name:version; empty: the registry's `active` and `fallback` stages);
+    # model-control commands change them while the job runs
+    model_name: str = ""
+    fallback_model_name: str = ""
+    # STREAMSCORE_ALERTS_TOPIC / _METRICS_TOPIC / _CONTROL_TOPIC: alerts, online-evaluation
+    # metrics and the compacted model-control topic (empty: that channel is off)
+    alerts_topic: str = "alerts"
+    metrics_topic: str = "model-metrics"
+    control_topic: str = "model-control"
+    # STREAMSCORE_ONLINE_EVAL: join scores with later clicks and emit per-window metrics
+    online_eval: bool = True
+    # STREAMSCORE_ATTRIBUTION_MS: a score at window end W is labelled by clicks in
+    # [W, W + attribution_ms) (0: one scoring step, the training label)
+    attribution_ms: int = 0
+    # STREAMSCORE_EVAL_WINDOW_MS / STREAMSCORE_EVAL_GRACE_MS: metrics per this span of window
+    # ends; event time the click stream must pass a label window by before "no click"
+    eval_window_ms: int = 60_000
+    eval_grace_ms: int = 20_000
+    # STREAMSCORE_ROLLBACK_MIN_LABELS / STREAMSCORE_ROLLBACK_LOGLOSS_RATIO: automatic rollback
+    # when an arm's online log loss exceeds the fallback's on the same scores by this ratio
+    # in an eval window with at least this many labels (ratio 0: never)
+    rollback_min_labels: int = 300
+    rollback_logloss_ratio: float = 1.10
     # STREAMSCORE_DEFAULT_SCORE: score when no model can serve
     default_score: float = 0.05
     # STREAMSCORE_LATENCY_BUDGET_MS: a scoring batch slower than this falls back
@@ -86,6 +106,10 @@ class JobConfig:
         for t in (self.events_topic, self.scores_topic, self.snapshots_topic, self.dead_letters_topic):
             if not t or "'" in t:
                 raise ValueError(f"bad topic name {t!r}")
+        if self.attribution_ms < 0 or self.eval_window_ms <= 0 or self.eval_grace_ms < 0:
+            raise ValueError("attribution_ms and eval_grace_ms must be >= 0, eval_window_ms > 0")
+        if self.rollback_min_labels < 1 or self.rollback_logloss_ratio < 0:
+            raise ValueError("rollback_min_labels must be >= 1 and rollback_logloss_ratio >= 0")
 
     @classmethod
     def from_env(cls, **overrides: object) -> JobConfig:
@@ -101,6 +125,10 @@ class JobConfig:
             "buffer_timeout_ms": "BUFFER_TIMEOUT_MS", "checkpoint_interval_ms": "CHECKPOINT_MS",
             "sink_linger_ms": "SINK_LINGER_MS", "source_idle_ms": "SOURCE_IDLE_MS",
             "watermark_emit": "WATERMARK_EMIT", "watermark_interval_ms": "WATERMARK_INTERVAL_MS",
+            "alerts_topic": "ALERTS_TOPIC", "metrics_topic": "METRICS_TOPIC", "control_topic": "CONTROL_TOPIC",
+            "online_eval": "ONLINE_EVAL", "attribution_ms": "ATTRIBUTION_MS", "eval_window_ms": "EVAL_WINDOW_MS",
+            "eval_grace_ms": "EVAL_GRACE_MS", "rollback_min_labels": "ROLLBACK_MIN_LABELS",
+            "rollback_logloss_ratio": "ROLLBACK_LOGLOSS_RATIO",
         }
         types = {f.name: f.type for f in fields(cls)}
         kw: dict[str, object] = {}

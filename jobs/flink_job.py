@@ -26,14 +26,19 @@ if __package__ in (None, ""):  # `flink run -py jobs/flink_job.py`
 from jobs.config import JobConfig  # noqa: E402
 from jobs.paths import flink_jar_urls  # noqa: E402
 from transforms.avro_sql import columns_ddl, field_names  # noqa: E402
-from transforms.scoring import Registry, RegistryError  # noqa: E402
+from transforms.online_eval import EvalConfig, RollbackPolicy  # noqa: E402
+from transforms.pit import label_step_ms  # noqa: E402
+from transforms.registry import Registry, RegistryError  # noqa: E402
+from transforms.router import initial_deployment  # noqa: E402
+from transforms.serving import ServingConfig  # noqa: E402
 from transforms.spec import FeatureSpec, load_spec  # noqa: E402
 from transforms.sql_compiler import (  # noqa: E402
     STDDEV_FUNCTION,
     feature_column,
     group_query,
     interval,
-    model_input_query,
+    label_query,
+    scoring_input_query,
     snapshot_query,
 )
 
@@ -44,8 +49,11 @@ class JobSetupError(RuntimeError):
 
 def check_models(cfg: JobConfig, spec: FeatureSpec) -> None:
     """Refuse to serve a primary model trained on another feature-set version."""
+    dep = initial_deployment(Path(cfg.registry_path), cfg.model_name, cfg.fallback_model_name)
     try:
-        entry = Registry(Path(cfg.registry_path)).get(cfg.model_name)
+        if not dep.arms:
+            raise RegistryError("no active model in the registry")
+        entry = Registry(Path(cfg.registry_path)).get(dep.arms[0].model)
     except RegistryError as exc:
         print(f"[job] warning: {exc}; scores will come from the fallback chain", file=sys.stderr)
         return
@@ -193,14 +201,31 @@ def build(cfg: JobConfig, ceiling: bool = False) -> BuiltJob:
         for g in spec.groups)
     stmts.add_insert_sql(f"INSERT INTO snapshots_sink {snaps}")
 
-    model_input = t_env.sql_query(model_input_query(spec, {g: f"grp_{g}" for g in spec.scoring_groups}))
-    scorer = ScoreBatch(cfg.registry_path, cfg.model_name, cfg.fallback_model_name, spec.version,
-                        len(spec.model_feature_names), cfg.default_score, cfg.latency_budget_ms)
-    scored = model_input.map(score_udf(scorer))
+    step_ms = label_step_ms(spec)
+    eval_cfg = EvalConfig(step_ms, cfg.attribution_ms or step_ms, cfg.eval_window_ms, cfg.eval_grace_ms) \
+        if cfg.online_eval else None
+    labels_view = None
+    if eval_cfg is not None:
+        t_env.execute_sql("CREATE TEMPORARY VIEW click_events AS SELECT user_id, ts FROM accepted_events"
+                          " WHERE event_type = 'click'")
+        t_env.execute_sql("CREATE TEMPORARY VIEW click_windows AS "
+                          + label_query(eval_cfg.step_ms, eval_cfg.attribution_ms, "click_events"))
+        labels_view = "click_windows"
+    scoring_input = t_env.sql_query(
+        scoring_input_query(spec, {g: f"grp_{g}" for g in spec.scoring_groups}, labels_view))
+    serving = ServingConfig(cfg.registry_path, cfg.model_name, cfg.fallback_model_name, spec.version,
+                            cfg.default_score, cfg.latency_budget_ms, eval_cfg,
+                            RollbackPolicy(cfg.rollback_min_labels, cfg.rollback_logloss_ratio))
+    scorer = ScoreBatch(serving, len(spec.model_feature_names), cfg.bootstrap_servers, cfg.alerts_topic,
+                        cfg.metrics_topic if eval_cfg is not None else "", cfg.control_topic)
+    scored = scoring_input.map(score_udf(scorer))
     t_env.create_temporary_view("scored", scored)
-    stmts.add_insert_sql(
-        "INSERT INTO scores_sink SELECT user_id, user_id, window_start_ms, window_end_ms, score, model_name,"
-        f" model_version, arm, fallback_reason, '{spec.version}', fired_at_ms, scored_at_ms, 1 FROM scored")
+    cols = "user_id, user_id, window_start_ms, window_end_ms, {score}, {name}, {version}, {arm}, {reason}," \
+           f" '{spec.version}', fired_at_ms, scored_at_ms, 1 FROM scored WHERE row_kind = 's'"
+    served = cols.format(score="score", name="model_name", version="model_version", arm="arm", reason="fallback_reason")
+    shadow = cols.format(score="shadow_score", name="shadow_model_name", version="shadow_model_version",
+                         arm="'shadow'", reason="''") + " AND shadow_model_version <> ''"
+    stmts.add_insert_sql(f"INSERT INTO scores_sink SELECT {served} UNION ALL SELECT {shadow}")
     return BuiltJob(t_env, stmts, spec)
 
 

@@ -15,11 +15,12 @@ from jobs.paths import ROOT
 
 
 def fresh_topics(bootstrap: str, prefix: str) -> dict[str, str]:
-    """Unique ``events``, ``scores``, ``feature-snapshots`` and ``dead-letters`` topics,
-    created with the same settings as the real ones."""
+    """Unique copies of every topic of ``kafka_local.TOPICS``, created with the same
+    settings as the real ones."""
     tag = f"{prefix}-{uuid.uuid4().hex[:8]}"
     names = {"events": f"{tag}-events", "scores": f"{tag}-scores", "feature-snapshots": f"{tag}-snapshots",
-             "dead-letters": f"{tag}-dead-letters"}
+             "dead-letters": f"{tag}-dead-letters", "alerts": f"{tag}-alerts", "model-control": f"{tag}-control",
+             "model-metrics": f"{tag}-metrics"}
     kafka_local.create_topics(bootstrap, {v: kafka_local.TOPICS[k] for k, v in names.items()})
     return names
 
@@ -32,6 +33,8 @@ def job_env(bootstrap: str, topics: dict[str, str], **extra: str) -> dict[str, s
         "STREAMSCORE_BOOTSTRAP": bootstrap, "STREAMSCORE_EVENTS_TOPIC": topics["events"],
         "STREAMSCORE_SCORES_TOPIC": topics["scores"], "STREAMSCORE_SNAPSHOTS_TOPIC": topics["feature-snapshots"],
         "STREAMSCORE_DEAD_LETTERS_TOPIC": topics["dead-letters"],
+        "STREAMSCORE_ALERTS_TOPIC": topics.get("alerts", ""), "STREAMSCORE_CONTROL_TOPIC": topics.get("model-control", ""),
+        "STREAMSCORE_METRICS_TOPIC": topics.get("model-metrics", ""),
         "STREAMSCORE_GROUP_ID": f"run-{uuid.uuid4().hex[:8]}", "STREAMSCORE_BOUNDED": "true",
     })
     env.update(extra)

@@ -29,6 +29,7 @@ TOPICS: dict[str, tuple[int, dict[str, str]]] = {
     "dead-letters": (1, {}),
     "alerts": (1, {}),
     "model-control": (1, {"cleanup.policy": "compact"}),
+    "model-metrics": (1, {}),
 }
 
 

@@ -7,23 +7,26 @@ job compiles to SQL); the label of a row ``(user, window_end)`` is "the user cli
 the next window" ``[window_end, window_end + step)``. The split is by time:
 the last 25% of window ends are held out. Both models are exported to ONNX and
 registered with sha256, feature names and order, the feature-set version, the training
-data fingerprint and offline metrics.
+data fingerprint, offline metrics and the measured batch latency; each registration is
+recorded in ``audit.log`` beside the manifest.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from transforms.scoring import sha256_file
+from transforms.registry import ModelEntry, Registry
+from transforms.scoring import OnnxScorer, sha256_file
 from transforms.spec import FeatureSpec, load_spec
 
 MODELS_DIR = Path(__file__).resolve().parent
@@ -139,9 +142,11 @@ def train_and_register(events: Iterable[dict[str, Any]] | Dataset, out_dir: Path
     log(f"[train] dataset {len(ds.y)} rows, positive rate {ds.y.mean():.3f}, "
         f"fingerprint {ds.fingerprint} ({time.monotonic() - t0:.1f}s)")
     tr, te = time_split(ds)
+    from models.registration import measure_latency  # imports this module: import here, not at the top
+
     version = version or time.strftime("%Y%m%d%H%M%S", time.gmtime())
     (out_dir / "artifacts").mkdir(parents=True, exist_ok=True)
-    manifest: dict[str, Any] = {"models": []}
+    entries: list[ModelEntry] = []
     for kind, stage in (("gbdt", "active"), ("mlp", "fallback")):
         t1 = time.monotonic()
         model = train_gbdt(ds.x[tr], ds.y[tr], n_estimators) if kind == "gbdt" else train_mlp(ds.x[tr], ds.y[tr])
@@ -149,14 +154,21 @@ def train_and_register(events: Iterable[dict[str, Any]] | Dataset, out_dir: Path
         rel = f"artifacts/{kind}-{version}.onnx"
         (out_dir / rel).write_bytes(onx)
         metrics = offline_metrics(ds.y[te], native_predict(model, ds.x[te]))
+        entry = ModelEntry(kind, version, kind, rel, sha256_file(out_dir / rel), tuple(ds.feature_names),
+                           spec.version, ds.fingerprint, metrics, stage, registered_at_ms=int(time.time() * 1000))
+        entry = replace(entry, latency=measure_latency(OnnxScorer(out_dir / rel, entry), len(ds.feature_names)))
         log(f"[train] {kind}: auc {metrics['auc']:.4f} logloss {metrics['logloss']:.4f} "
+            f"p99 {entry.latency['p99_ms']:.2f} ms/{entry.latency['batch_rows']:.0f} rows "
             f"({time.monotonic() - t1:.1f}s)")
-        manifest["models"].append({
-            "name": kind, "version": version, "kind": kind, "path": rel, "sha256": sha256_file(out_dir / rel),
-            "feature_names": list(ds.feature_names), "feature_set_version": spec.version,
-            "training_data_fingerprint": ds.fingerprint, "metrics": metrics, "stage": stage,
-        })
-    (out_dir / "registry.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        entries.append(entry)
+    manifest: dict[str, Any] = {"models": [e.to_json() for e in entries]}
+    path = out_dir / "registry.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, path)
+    reg = Registry(path)
+    for e in entries:
+        reg.audit(e.ref, "", e.stage, f"trained by streamscore train on dataset {ds.fingerprint}")
     return manifest
 
 

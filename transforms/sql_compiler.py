@@ -169,7 +169,7 @@ def model_input_columns(spec: FeatureSpec) -> list[str]:
 def model_input_query(spec: FeatureSpec, views: dict[str, str]) -> str:
     """Joins the scoring groups' views on entity and window end (an interval join on the
     window rowtime, so state is freed by the watermark): ``user_id, window_start_ms,
-    window_end_ms, fired_at_ms`` then the model input columns."""
+    window_end_ms, window_time, fired_at_ms`` then the model input columns."""
     names = list(spec.scoring_groups)
     cols = model_input_columns(spec)
     sel, i_col = [], 0
@@ -184,6 +184,47 @@ def model_input_query(spec: FeatureSpec, views: dict[str, str]) -> str:
         for i, g in enumerate(names) if i > 0
     )
     return (
-        f"SELECT g0.entity_id AS user_id, g0.window_start_ms, g0.window_end_ms, {fired} AS fired_at_ms, "
+        f"SELECT g0.entity_id AS user_id, g0.window_start_ms, g0.window_end_ms, g0.window_time, {fired} AS fired_at_ms, "
         + ", ".join(sel) + f" FROM {views[names[0]]} g0" + joins
+    )
+
+
+
+def label_query(step_ms: int, attribution_ms: int, source: str) -> str:
+    """Click windows for the online label join: per user, clicks in
+    ``[window_end - attribution_ms, window_end)`` for every end that is a multiple of the
+    scoring step (a hop), from a view of click events with a ``ts`` rowtime."""
+    return (
+        "SELECT user_id, CAST(" + epoch_ms("window_start") + " AS BIGINT) AS window_start_ms, "
+        "CAST(" + epoch_ms("window_end") + " AS BIGINT) AS window_end_ms, window_time, "
+        f"CAST({epoch_ms('CAST(CURRENT_ROW_TIMESTAMP() AS TIMESTAMP(3))')} AS BIGINT) AS fired_at_ms, "
+        "CAST(COUNT(*) AS DOUBLE) AS clicks "
+        f"FROM TABLE(HOP(TABLE {source}, DESCRIPTOR(ts), {interval(step_ms)}, {interval(attribution_ms)})) "
+        "GROUP BY user_id, window_start, window_end, window_time"
+    )
+
+
+def scoring_input_query(spec: FeatureSpec, views: dict[str, str], labels_view: str | None = None) -> str:
+    """The rows of the Python scoring operator: ``row_kind, user_id, window_start_ms,
+    window_end_ms, fired_at_ms, label_clicks``, then the model input columns.
+
+    Without ``labels_view`` every row is a model input row (``row_kind`` 's'). With it,
+    the model input is full-outer joined, per user and window end, with the click windows
+    ending there (``label_query``): 's' rows carry the clicks of the window ending at
+    their end (0 when none), 'l' rows are click windows of users with no model input row
+    at that end (features NULL). One operator thus sees both, in order per user."""
+    cols = model_input_columns(spec)
+    if labels_view is None:
+        return ("SELECT 's' AS row_kind, user_id, window_start_ms, window_end_ms, fired_at_ms, "
+                "CAST(0 AS DOUBLE) AS label_clicks, " + ", ".join(_q(c) for c in cols)
+                + f" FROM ({model_input_query(spec, views)})")
+    return (
+        "SELECT CASE WHEN m.user_id IS NULL THEN 'l' ELSE 's' END AS row_kind, "
+        "COALESCE(m.user_id, c.user_id) AS user_id, COALESCE(m.window_start_ms, c.window_start_ms) AS window_start_ms, "
+        "COALESCE(m.window_end_ms, c.window_end_ms) AS window_end_ms, "
+        "COALESCE(m.fired_at_ms, c.fired_at_ms) AS fired_at_ms, COALESCE(c.clicks, CAST(0 AS DOUBLE)) AS label_clicks, "
+        + ", ".join(f"m.{_q(c)}" for c in cols)
+        + f" FROM ({model_input_query(spec, views)}) m FULL OUTER JOIN {labels_view} c"
+        " ON m.user_id = c.user_id AND m.window_end_ms = c.window_end_ms"
+        " AND c.window_time BETWEEN m.window_time AND m.window_time"
     )
