@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from models.baselines import constant_model
 from transforms.registry import ModelEntry, Registry
 from transforms.scoring import OnnxScorer, sha256_file
 from transforms.spec import FeatureSpec, load_spec
@@ -135,7 +136,8 @@ def train_and_register(events: Iterable[dict[str, Any]] | Dataset, out_dir: Path
                        spec: FeatureSpec | None = None, n_estimators: int = 100, version: str | None = None,
                        log: Any = print) -> dict[str, Any]:
     """Train both models on a dataset (or on the point-in-time dataset of ``events``),
-    export to ONNX under ``out_dir/artifacts`` and write ``out_dir/registry.json``."""
+    export to ONNX under ``out_dir/artifacts`` and write ``out_dir/registry.json``: gbdt
+    ``active``, mlp ``fallback`` and the base-rate ``prior`` baseline as a ``candidate``."""
     spec = spec or load_spec()
     t0 = time.monotonic()
     ds = events if isinstance(events, Dataset) else labelled_dataset(spec, events)
@@ -147,13 +149,21 @@ def train_and_register(events: Iterable[dict[str, Any]] | Dataset, out_dir: Path
     version = version or time.strftime("%Y%m%d%H%M%S", time.gmtime())
     (out_dir / "artifacts").mkdir(parents=True, exist_ok=True)
     entries: list[ModelEntry] = []
-    for kind, stage in (("gbdt", "active"), ("mlp", "fallback")):
-        t1 = time.monotonic()
+
+    def fit(kind: str) -> tuple[bytes, np.ndarray]:
+        """ONNX bytes and holdout predictions of one model kind."""
+        if kind == "prior":  # the base-rate baseline every model must beat
+            rate = float(ds.y[tr].mean())
+            return constant_model(ds.x.shape[1], rate), np.full(int(te.sum()), rate)
         model = train_gbdt(ds.x[tr], ds.y[tr], n_estimators) if kind == "gbdt" else train_mlp(ds.x[tr], ds.y[tr])
-        onx = to_onnx(model, kind, ds.x.shape[1])
+        return to_onnx(model, kind, ds.x.shape[1]), native_predict(model, ds.x[te])
+
+    for kind, stage in (("gbdt", "active"), ("mlp", "fallback"), ("prior", "candidate")):
+        t1 = time.monotonic()
+        onx, holdout_p = fit(kind)
         rel = f"artifacts/{kind}-{version}.onnx"
         (out_dir / rel).write_bytes(onx)
-        metrics = offline_metrics(ds.y[te], native_predict(model, ds.x[te]))
+        metrics = offline_metrics(ds.y[te], holdout_p)
         entry = ModelEntry(kind, version, kind, rel, sha256_file(out_dir / rel), tuple(ds.feature_names),
                            spec.version, ds.fingerprint, metrics, stage, registered_at_ms=int(time.time() * 1000))
         entry = replace(entry, latency=measure_latency(OnnxScorer(out_dir / rel, entry), len(ds.feature_names)))
@@ -174,14 +184,15 @@ def train_and_register(events: Iterable[dict[str, Any]] | Dataset, out_dir: Path
 
 def registry_is_current(path: Path, feature_set_version: str) -> bool:
     """True when ``path`` exists, its artifacts exist, and every model was trained on
-    ``feature_set_version`` (a changed spec makes the registry stale)."""
+    ``feature_set_version`` (a changed spec makes the registry stale) and has its
+    registration latency."""
     try:
         models = json.loads(path.read_text())["models"]
     except (OSError, ValueError, KeyError):
         return False
     return bool(models) and all(
         m.get("feature_set_version") == feature_set_version and (path.parent / m.get("path", "")).exists()
-        for m in models)
+        and m.get("latency") for m in models)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,7 +42,6 @@ from scipy import stats
 
 from transforms.online_eval import N_AUC_BINS, binned_auc, logloss_terms, score_histogram
 
-VERDICTS = ("promote", "keep", "rollback")
 NAN = float("nan")
 Key = tuple[str, str, str]  # (arm, model_ref, role)
 _COUNTS = ("n", "positives", "fallback_count", "unattributed_clicks")  # the last two optional
@@ -304,19 +303,13 @@ def fairness_table(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]
     """Per (attribute, group), n-weighted mean_score, positive_rate and ctr over the
     windows, with the ratio and difference of mean_score and positive_rate against the
     best-served group of the attribute (highest positive_rate, then largest n)."""
-    acc: dict[tuple[str, str], list[float]] = {}
+    acc: dict[tuple[str, str], np.ndarray] = {}
     try:
         for r in records:
-            a = acc.setdefault((str(r["attribute"]), str(r["group"])), [0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
-            n = float(r["n"])
-            a[0] += n
-            a[1] += n * float(r["mean_score"])
-            a[2] += n * float(r["positive_rate"])
-            ctr = r.get("ctr")
-            if ctr is not None and math.isfinite(float(ctr)):
-                a[3] += n * float(ctr)
-                a[4] += n
-            a[5] += 1
+            n, ctr = float(r["n"]), float(NAN if r.get("ctr") is None else r["ctr"])
+            nc = n if math.isfinite(ctr) else 0.0  # windows without labels carry no CTR
+            a = acc.setdefault((str(r["attribute"]), str(r["group"])), np.zeros(6))
+            a += [n, n * float(r["mean_score"]), n * float(r["positive_rate"]), nc * np.nan_to_num(ctr), nc, 1]
     except (KeyError, TypeError, ValueError) as exc:
         raise ExperimentError(f"bad fairness record: {type(exc).__name__}: {exc}") from exc
     rows: list[dict[str, Any]] = [

@@ -256,20 +256,23 @@ def test_report_picks_the_control_and_keeps_shadow_and_reference_apart():
     rng = np.random.default_rng(6)
     recs = (simulate(rng, "alpha", "gbdt:v1", bad, windows=3) + simulate(rng, "beta", "gbdt:v2", good, windows=3)
             + simulate(rng, "shadow", "mlp:v1", good, windows=3, role="shadow")
-            + simulate(rng, "reference", "gbdt:v0", bad, windows=3, role="reference"))
-    rep = report(recs)
+            + simulate(rng, "alpha", "gbdt:v0", good, windows=3, role="reference"))  # fallback on alpha's rows
+    idle = window_record("beta", "gbdt:v2", 3 * WINDOW_MS, np.array([]), np.array([], np.int64), batch_count=4)
+    rep = report(recs + [idle])  # a window with batch timings but no labels yet
     assert rep.control == "alpha" and list(rep.comparisons) == ["beta"]
-    assert sorted((s.arm, s.role) for s in rep.others) == [("reference", "reference"), ("shadow", "shadow")]
+    assert sorted((s.arm, s.role) for s in rep.others) == [("alpha", "reference"), ("shadow", "shadow")]
+    assert rep.served["alpha"].model_ref == "gbdt:v1" and rep.served["beta"].windows == 4
     assert report(recs, control_arm="beta").comparisons["alpha"].verdict == "rollback"
     with pytest.raises(ExperimentError, match="not among the served arms"):
         report(recs, control_arm="nope")
     with pytest.raises(ExperimentError, match="no served records"):
         report([r for r in recs if r["role"] != "served"])
     series = rep.series["beta"]
-    assert [p["window_start_ms"] for p in series] == [0, WINDOW_MS, 2 * WINDOW_MS]
+    assert [p["window_start_ms"] for p in series] == [0, WINDOW_MS, 2 * WINDOW_MS, 3 * WINDOW_MS]
     beta = [r for r in recs if r["arm"] == "beta"]
-    assert [p["mean_logloss"] for p in series] == pytest.approx([r["sum_logloss"] / r["n"] for r in beta])
-    assert set(rep.series) == {"alpha", "beta", "shadow", "reference"}
+    assert [p["mean_logloss"] for p in series[:3]] == pytest.approx([r["sum_logloss"] / r["n"] for r in beta])
+    assert series[3]["n"] == 0 and series[3]["mean_logloss"] is None
+    assert set(rep.series) == {"alpha", "beta", "shadow", "alpha/reference"}
     out = rep.to_dict()
     json.dumps(out, allow_nan=False)
     assert out["comparisons"]["beta"]["verdict"] == "promote"

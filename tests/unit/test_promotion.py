@@ -225,10 +225,11 @@ def test_train_and_register_records_latency_time_and_audit(tmp_path):
     path = tmp_path / "registry.json"
     assert json.loads(path.read_text()) == manifest
     reg = Registry(path)
-    assert stages(reg) == {"gbdt:t1": "active", "mlp:t1": "fallback"}
+    assert stages(reg) == {"gbdt:t1": "active", "mlp:t1": "fallback", "prior:t1": "candidate"}
     for m in reg.entries:
         assert m.registered_at_ms > 0 and 0 < m.latency["p50_ms"] <= m.latency["p99_ms"]
         assert m.training_data_fingerprint == "synthetic-3"
     assert [(r["model"], r["from"], r["to"]) for r in read_audit(path)] == [("gbdt:t1", "", "active"),
-                                                                          ("mlp:t1", "", "fallback")]
+                                                                          ("mlp:t1", "", "fallback"),
+                                                                          ("prior:t1", "", "candidate")]
     assert registry_is_current(path, SPEC.version)

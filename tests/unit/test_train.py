@@ -11,6 +11,8 @@ def test_registry_is_stale_when_missing_or_trained_on_another_spec(tmp_path):
     assert not registry_is_current(reg, "v1")
     (tmp_path / "m.onnx").write_bytes(b"x")
     reg.write_text(json.dumps({"models": [{"path": "m.onnx", "feature_set_version": "v1"}]}))
+    assert not registry_is_current(reg, "v1")  # registered before latency was recorded
+    reg.write_text(json.dumps({"models": [{"path": "m.onnx", "feature_set_version": "v1", "latency": {"p99_ms": 1}}]}))
     assert registry_is_current(reg, "v1")
     assert not registry_is_current(reg, "v2")
     (tmp_path / "m.onnx").unlink()
