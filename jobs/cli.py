@@ -15,6 +15,7 @@ COMMANDS = {
     "demo": ("jobs.demo", "the whole pipeline end to end, with a JSON summary"),
     "parity": ("jobs.parity", "feature parity: reference vs Beam vs the Flink job"),
     "bench": ("jobs.bench", "throughput and latency vs the bare-SQL ceiling and a plain-Python peer"),
+    "control": ("jobs.model_control", "send a model-control command (activate, experiment, shadow, rollback)"),
     "backfill": ("jobs.backfill", "point-in-time training dataset from Avro or Kafka offsets (Beam)"),
     "experiment": ("jobs.experiment", "online experiment report: lift, confidence interval, significance, verdict"),
 }

@@ -59,7 +59,7 @@ class JobConfig:
     # when an arm's online log loss exceeds the fallback's on the same scores by this ratio
     # in an eval window with at least this many labels (ratio 0: never)
     rollback_min_labels: int = 300
-    rollback_logloss_ratio: float = 1.10
+    rollback_logloss_ratio: float = 1.25
     # STREAMSCORE_DEFAULT_SCORE: score when no model can serve
     default_score: float = 0.05
     # STREAMSCORE_LATENCY_BUDGET_MS: a scoring batch slower than this falls back

@@ -1,6 +1,7 @@
 """``streamscore demo``: start Kafka, generate traffic with malformed records, train the
-models if missing, run the Flink job on the embedded mini-cluster until the events are
-consumed, read the outputs back, stop what it started, and print a JSON summary."""
+models if missing, deploy an online experiment through ``model-control``, run the Flink
+job on the embedded mini-cluster until the events are consumed, read the outputs back,
+write the experiment report, stop what it started, and print a JSON summary."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import argparse
 import json
 import sys
 import time
+from collections import Counter
 from typing import Any
 
 from jobs import kafka_local
@@ -44,7 +46,42 @@ def reset_topics(bootstrap: str, names: list[str]) -> None:
     kafka_local.create_topics(bootstrap, {n: kafka_local.TOPICS[n] for n in names})
 
 
-def demo(n_events: int, malformed_every: int, seed: int) -> dict[str, Any]:
+EXPERIMENTS = {  # arms of the demo's online experiment (name -> [(arm, model, weight)])
+    "ab": [("control", "prior", 0.5), ("treatment", "gbdt", 0.5)],  # the GBDT against the base-rate prior
+    "aa": [("control", "gbdt", 0.5), ("treatment", "gbdt", 0.5)],  # the same model twice: nothing to find
+}
+
+
+def deploy_experiment(bootstrap: str, name: str) -> None:
+    from jobs.model_control import send_command
+    from transforms.router import resolve_ref
+
+    if name == "none":
+        return
+    arms = [{"name": a, "model": resolve_ref(REGISTRY, m), "weight": w} for a, m, w in EXPERIMENTS[name]]
+    send_command(bootstrap, "model-control", "experiment", arms=arms)
+    _log(f"experiment {name}: " + ", ".join(f"{a['name']}={a['model']}@{a['weight']}" for a in arms))
+
+
+def experiment_summary(bootstrap: str) -> dict[str, Any]:
+    from jobs.experiment import fetch_records, render_html
+    from jobs.paths import ROOT
+    from transforms.experiment import ExperimentError, report
+
+    records = fetch_records(bootstrap, "model-metrics", 60.0)
+    try:
+        rep = report(records, control_arm="control")
+    except ExperimentError as exc:
+        return {"error": str(exc), "records": len(records)}
+    html = ROOT / "bench" / "out" / "experiment.html"
+    render_html(rep, html)
+    arms = {a: {k: c.to_dict()[k] for k in ("lift", "ci", "p_value", "significant", "verdict")}
+            for a, c in rep.comparisons.items()}
+    _log(f"experiment report: {html}")
+    return {"records": len(records), "arms": arms, "html": str(html)}
+
+
+def demo(n_events: int, malformed_every: int, seed: int, experiment: str = "ab") -> dict[str, Any]:
     broker = kafka_local.BrokerConfig.from_env()
     was_running = kafka_local.answers(broker.bootstrap)
     kafka_local.start(broker)
@@ -54,7 +91,9 @@ def demo(n_events: int, malformed_every: int, seed: int) -> dict[str, Any]:
             from models.train import main as train_main
 
             train_main([])
-        reset_topics(broker.bootstrap, ["events", "scores", "feature-snapshots", "dead-letters"])
+        reset_topics(broker.bootstrap, ["events", "scores", "feature-snapshots", "dead-letters", "alerts",
+                                        "model-control", "model-metrics"])
+        deploy_experiment(broker.bootstrap, experiment)
         traffic = TrafficConfig(seed=seed, out_of_order_fraction=0.05)
         _log(f"producing {n_events} events (5% out of order) + 1 malformed every {malformed_every}")
         rep = produce_events(broker.bootstrap, "events", generate_events(n_events, traffic), total=n_events,
@@ -85,6 +124,8 @@ def demo(n_events: int, malformed_every: int, seed: int) -> dict[str, Any]:
             "p50_window_to_score_ms": percentile(lat, 50),
             "p99_window_to_score_ms": percentile(lat, 99),
             "feature_set_version": info["feature_set_version"],
+            "scores_by_arm": dict(sorted(Counter(v["arm"] for _, v, _ in out.scores).items())),
+            "experiment": experiment_summary(broker.bootstrap) if experiment != "none" else None,
         }
     finally:
         if not was_running:
@@ -97,8 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--malformed-every", type=int, default=10_000,
                     help="inject one malformed record after every N events (default 10000)")
     ap.add_argument("--seed", type=int, default=7, help="generator seed (default 7)")
+    ap.add_argument("--experiment", choices=["ab", "aa", "none"], default="ab",
+                    help="online experiment to run: ab = gbdt vs the base-rate prior (default), aa = gbdt vs "
+                         "itself, none = serve the registry's active model")
     args = ap.parse_args(argv)
-    summary = demo(args.events, args.malformed_every, args.seed)
+    summary = demo(args.events, args.malformed_every, args.seed, args.experiment)
     ok = summary["scores_out"] > 0 and summary["snapshots_out"] > 0 and \
         summary["dead_letters"] == summary["malformed_injected"]
     if not ok:

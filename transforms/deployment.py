@@ -10,7 +10,7 @@ compacted topic in offset order gives the same state as replaying every command.
 | ``{"command": "experiment", "arms": [{"name", "model", "weight"}, ...]}`` | arms | A/B split by a stable hash of ``user_id``; weights sum to 1; clears a rollback |
 | ``{"command": "shadow", "model": "mlp:v1"}`` (``null`` clears) | shadow | a shadow model scores the same rows; its scores are marked ``arm = "shadow"`` |
 | ``{"command": "fallback", "model": "mlp:v1"}`` | fallback | the known-good fallback |
-| ``{"command": "rollback", "reason": "..."}`` | rollback | every arm is served by the fallback until a ``resume``, ``activate`` or ``experiment`` |
+| ``{"command": "rollback", "reason": "..."}`` | rollback | every arm is served by the fallback (the default score if none) until a ``resume``, ``activate`` or ``experiment`` |
 | ``{"command": "resume"}`` | rollback | undo a rollback |
 
 >>> d = Deployment.single("gbdt:v1", fallback="mlp:v1")
@@ -82,7 +82,7 @@ def parse_command(raw: bytes | str | None) -> dict[str, Any]:
         cmd = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ControlError(f"control record is not JSON: {exc}") from exc
-    if not isinstance(cmd, dict) or cmd.get("command") not in SLOTS:
+    if not isinstance(cmd, dict) or not isinstance(cmd.get("command"), str) or cmd["command"] not in SLOTS:
         raise ControlError(f"unknown control command {cmd.get('command') if isinstance(cmd, dict) else cmd!r}; "
                            f"one of {sorted(SLOTS)}")
     return cmd
@@ -136,9 +136,8 @@ def apply_command(dep: Deployment, raw: bytes | str | None, resolve: Callable[[s
         nxt = replace(dep, shadow=_model(cmd, "model", resolve, optional=True))
     elif kind == "fallback":
         nxt = replace(dep, fallback=_model(cmd, "model", resolve))
-    elif kind == "rollback":
-        if not dep.fallback:
-            raise ControlError("rollback: no fallback model is deployed")
+    elif kind == "rollback":  # accepted without a fallback too (the default score serves), so that
+        # the compacted topic replays to the same state whatever the order of its slots
         nxt = replace(dep, rolled_back=True, rollback_reason=str(cmd.get("reason") or "operator rollback")[:200])
     elif kind == "resume":
         nxt = replace(dep, rolled_back=False, rollback_reason="")

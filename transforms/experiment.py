@@ -231,7 +231,8 @@ class Comparison:
                        "guardrails": [g.to_dict() for g in self.guardrails]})
 
 
-def _guardrails(c: ArmStats, t: ArmStats, cal_tol: float, lat_tol: float, fb_tol: float) -> list[Guardrail]:
+def _guardrails(c: ArmStats, t: ArmStats, cal_tol: float, lat_tol: float, fb_tol: float,
+                lat_slack_ms: float = 5.0) -> list[Guardrail]:
     def rail(name: str, cv: float, tv: float, change: float, tol: float) -> Guardrail:
         ok = None if not math.isfinite(change) else bool(change <= tol)
         return Guardrail(name, cv, tv, change, tol, ok)
@@ -240,18 +241,21 @@ def _guardrails(c: ArmStats, t: ArmStats, cal_tol: float, lat_tol: float, fb_tol
     lat_c, lat_t = c.batch_ms_p99, t.batch_ms_p99
     return [
         rail("calibration", c.calibration, t.calibration, cal_t - cal_c, cal_tol),
-        rail("batch_p99_ms", lat_c, lat_t, _div(lat_t - lat_c, lat_c) if lat_c > 0 else NAN, lat_tol),
+        # relative, but a few milliseconds more than a trivially fast control never fails
+        rail("batch_p99_ms", lat_c, lat_t, _div(lat_t - lat_c, lat_c) if lat_c > 0 else NAN,
+             max(lat_tol, _div(lat_slack_ms, lat_c)) if lat_c > 0 else lat_tol),
         rail("fallback_rate", c.fallback_rate, t.fallback_rate, t.fallback_rate - c.fallback_rate, fb_tol),
     ]
 
 
 def compare(control: ArmStats, treatment: ArmStats, alpha: float = 0.05, calibration_tolerance: float = 0.1,
-            latency_tolerance: float = 0.2, fallback_tolerance: float = 0.01) -> Comparison:
+            latency_tolerance: float = 0.2, fallback_tolerance: float = 0.01,
+            latency_slack_ms: float = 5.0) -> Comparison:
     """Welch test of the mean log loss, guardrails and verdict (see the module doc)."""
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     c, t = control, treatment
-    rails = _guardrails(c, t, calibration_tolerance, latency_tolerance, fallback_tolerance)
+    rails = _guardrails(c, t, calibration_tolerance, latency_tolerance, fallback_tolerance, latency_slack_ms)
     notes = [f"guardrail {g.name} not evaluated (missing data)" for g in rails if g.passed is None]
     diff = c.mean_logloss - t.mean_logloss if c.n and t.n else NAN
     lift = _div(diff, c.mean_logloss)

@@ -143,14 +143,17 @@ class OnlineEvaluator:
     """Joins scores with later click windows in event time and accumulates metrics per
     evaluation window. ``add_scores`` takes one scored batch; ``add_labels`` one batch of
     click windows ``[window_start, window_start + attribution_ms)`` with click counts.
-    Both return the metric records of evaluation windows that became complete."""
+    Both return the metric records of evaluation windows that became complete.
+
+    Order contract (the job's full outer join keeps it per user): a score arrives before
+    the click window that labels it; a click window with no pending score is a click with
+    no impression, counted in ``unattributed_clicks`` and not joined."""
 
     def __init__(self, cfg: EvalConfig, feature_set_version: str, clock: Callable[[], float] = time.time) -> None:
         self.cfg = cfg
         self.feature_set_version = feature_set_version
         self.clock = clock
         self.pending: dict[tuple[str, int], list[tuple[Key, float, bool]]] = {}
-        self.early: dict[tuple[str, int], bool] = {}  # label windows seen before their score
         self.progress_ms = -(2**62)  # max end of the label windows seen
         self.acc: dict[tuple[int, Key], WindowMetrics] = {}
         self.unattributed: dict[int, int] = {}
@@ -174,13 +177,10 @@ class OnlineEvaluator:
             row = [(key, float(s[i]), bool(fb[i]) if fb is not None else False) for key, s, fb in cols
                    if not math.isnan(s[i])]
             self.counters["scores"] += 1
-            label = self.early.pop((u, w), None)
-            if label is None and w + self.cfg.attribution_ms + self.cfg.grace_ms <= self.progress_ms:
-                label = False  # the label window has passed with no click
-            if label is None:
-                self.pending.setdefault((u, w), []).extend(row)
+            if w + self.cfg.attribution_ms + self.cfg.grace_ms <= self.progress_ms:
+                self._resolve(w, row, False)  # the label window has passed with no click
             else:
-                self._resolve(w, row, label)
+                self.pending.setdefault((u, w), []).extend(row)
         return self._complete()
 
     def add_labels(self, user_ids: Sequence[str], window_start_ms: Sequence[int],
@@ -191,8 +191,10 @@ class OnlineEvaluator:
             row = self.pending.pop((u, s), None)
             if row is not None:
                 self._resolve(s, row, clicked)
-            elif clicked:
-                self.early[(u, s)] = True
+            elif clicked:  # no score to join: counted, not joined
+                e0 = self._eval_start(s)
+                self.unattributed[e0] = self.unattributed.get(e0, 0) + 1
+                self.counters["unattributed_clicks"] += 1
             self.progress_ms = max(self.progress_ms, s + self.cfg.attribution_ms)
         self._expire()
         return self._complete()
@@ -209,12 +211,6 @@ class OnlineEvaluator:
         cut = self.progress_ms - self.cfg.attribution_ms - self.cfg.grace_ms
         for k in [k for k in self.pending if k[1] <= cut]:
             self._resolve(k[1], self.pending.pop(k), False)
-        # label windows kept longer than pending scores: a delayed score still finds its click
-        for k in [k for k in self.early if k[1] <= cut - 2 * self.cfg.grace_ms]:
-            del self.early[k]
-            e0 = self._eval_start(k[1])
-            self.unattributed[e0] = self.unattributed.get(e0, 0) + 1
-            self.counters["unattributed_clicks"] += 1
 
     def _complete(self, flush: bool = False) -> list[dict[str, Any]]:
         c = self.cfg
@@ -228,7 +224,8 @@ class OnlineEvaluator:
                 m = self.acc.pop((e0, key))
                 if m.n == 0 and not m.batch_ms:
                     continue
-                extra = self.unattributed.pop(e0, 0) if key == first_served else 0
+                extra = sum(self.unattributed.pop(w) for w in [w for w in self.unattributed if w <= e0]) \
+                    if key == first_served else 0
                 out.append(self._record(e0, key, m, extra))
         self.counters["emitted"] += len(out)
         return out
@@ -259,7 +256,7 @@ class RollbackPolicy:
     ``logloss_ratio`` (0 disables)."""
 
     min_labels: int = 300
-    logloss_ratio: float = 1.10
+    logloss_ratio: float = 1.25
 
     def __post_init__(self) -> None:
         if self.min_labels < 1 or self.logloss_ratio < 0:

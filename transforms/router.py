@@ -128,12 +128,12 @@ def load_predictors(registry_path: Path, refs: set[str], feature_set_version: st
             if entry.feature_set_version != feature_set_version:
                 raise RegistryError(f"model {entry.ref} was trained on feature set {entry.feature_set_version}, "
                                     f"the job runs {feature_set_version}")
-            hit = cache.get(entry.ref)
-            if hit is not None and hit.entry.sha256 == entry.sha256:
+            hit = cache.get(ref) or cache.get(entry.ref)
+            if hit is not None and hit.entry.ref == entry.ref and hit.entry.sha256 == entry.sha256:
                 out[ref] = hit
             else:
                 out[ref] = OnnxScorer(reg.artifact(entry), entry)
-        except RegistryError as exc:
+        except (RegistryError, OSError, ValueError) as exc:  # an unreadable path is a load error too
             errors[ref] = f"load_error {ref}: {exc}"[:200]
     return out, errors
 

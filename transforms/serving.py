@@ -111,16 +111,16 @@ class ScoringService:
                 dep = apply_command(cur.deployment, value, self._resolve)
                 preds, errors = load_predictors(self.registry, dep.models(), self.cfg.feature_set_version,
                                                 cache=cur.predictors)
-                if errors:
-                    raise ControlError("; ".join(errors[r] for r in sorted(errors)))
+                new = {r: e for r, e in errors.items() if r not in cur.errors}  # already failing: chain serves
+                if new:
+                    raise ControlError("; ".join(new[r] for r in sorted(new)))
             except ControlError as exc:
                 self.publisher.alert("control_rejected", "warning", str(exc)[:500],
                                      key=(key or b"").decode("utf-8", "replace"))
                 return False
             if cmd_id:
                 self._applied_ids.add(cmd_id)
-            self.serving = Serving(dep, preds, {})
-            self._last_reason.clear()
+            self.serving = Serving(dep, preds, errors)
             self.publisher.alert("control_applied", "info", json.dumps(dep.describe(), sort_keys=True),
                                  ",".join(a.model for a in dep.arms), revision=str(dep.revision))
             return True

@@ -165,11 +165,10 @@ def test_bad_command_raises_and_leaves_input(raw):
     assert dep.describe() == before
 
 
-def test_rollback_without_fallback_is_rejected():
-    dep = Deployment.single("gbdt:v1")
-    with pytest.raises(ControlError, match="no fallback"):
-        apply(dep, "rollback", reason="bad")
-    assert dep == Deployment.single("gbdt:v1") and not dep.rolled_back
+def test_rollback_without_fallback_is_accepted_and_the_default_score_serves():
+    """Accepted whatever the fallback slot holds, so compaction cannot change the replayed state."""
+    dep = apply(Deployment.single("gbdt:v1"), "rollback", reason="bad")
+    assert dep.rolled_back and dep.fallback is None and dep.rollback_reason == "bad"
 
 
 def test_resolve_error_propagates_as_control_error():
@@ -184,8 +183,6 @@ def test_resolve_error_propagates_as_control_error():
     assert calls == ["gbdt:v1"]
 
 
-@pytest.mark.xfail(reason="BUG: parse_command tests `cmd.get('command') not in SLOTS` on an unhashable value and "
-                          "raises TypeError instead of ControlError", strict=True)
 @pytest.mark.parametrize("raw", [b'{"command": []}', b'{"command": {"x": 1}}'])
 def test_unhashable_command_is_a_control_error(raw):
     with pytest.raises(ControlError):
@@ -233,8 +230,6 @@ def test_compaction_replays_to_the_same_deployment(records):
     assert full.revision == len(records) and comp.revision == len(compacted(records))
 
 
-@pytest.mark.xfail(reason="BUG: rollback validity depends on the fallback slot; compaction drops the earlier "
-                          "fallback record, so the retained rollback is rejected on replay", strict=True)
 def test_compaction_with_no_initial_fallback():
     records = [command_record("fallback", model="mlp:v1"), command_record("rollback", reason="bad"),
                command_record("fallback", model="gbdt:v1")]
@@ -276,6 +271,12 @@ def test_arm_bucket_is_the_same_in_another_process():
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     got = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True)
     assert got.stdout.strip() == repr([arm_bucket(u) for u in ("alice", "u-7", "")])
+
+
+def test_arm_bucket_golden_values():
+    # pinned: a changed hash would silently move every user of a running experiment to another arm
+    assert arm_bucket("alice") == 0.920121829216943
+    assert arm_bucket("user-1") == 0.1052756920874336
 
 
 def test_assign_arms_stable_across_calls_and_orders():
