@@ -18,6 +18,7 @@ COMMANDS = {
     "control": ("jobs.model_control", "send a model-control command (activate, experiment, shadow, rollback)"),
     "backfill": ("jobs.backfill", "point-in-time training dataset from Avro or Kafka offsets (Beam)"),
     "experiment": ("jobs.experiment", "online experiment report: lift, confidence interval, significance, verdict"),
+    "drift": ("jobs.drift", "offline drift of a dataset against a model's training reference"),
 }
 
 

@@ -5,7 +5,6 @@ watcher and the publisher of alerts and metrics) in ``open``."""
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import Any
 
@@ -65,7 +64,9 @@ class ScoreBatch(ScalarFunction):
             self.watcher = ControlWatcher(self.bootstrap, control_topic, self.service.apply_control)
             self.watcher.start()
         dep = self.service.serving.deployment
-        print(f"[scoring] serving {dep.describe()}", file=sys.stderr, flush=True)
+        from jobs.model_control import worker_log
+
+        worker_log(f"serving {dep.describe()}")
 
     def close(self) -> None:
         if self.watcher is not None:

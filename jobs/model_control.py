@@ -19,6 +19,13 @@ from transforms.codecs import encode
 from transforms.deployment import ControlError, command_record
 
 
+def worker_log(msg: str) -> None:
+    """A line on the Python worker's stderr (PyFlink replaces ``print`` in cluster workers
+    with a function that takes no ``flush``)."""
+    sys.stderr.write(f"[scoring] {msg}\n")
+    sys.stderr.flush()
+
+
 class KafkaPublisher:
     """Alerts (``alerts``, Avro alert.v1), metrics (``model-metrics``, Avro
     model_metrics.v1) and control records, from the Python worker. Monitoring output:
@@ -34,7 +41,7 @@ class KafkaPublisher:
         self.producer = producer(bootstrap, **{"linger.ms": 20, "compression.type": "none"})
 
     def alert(self, kind: str, severity: str, message: str, model_version: str = "", **attributes: str) -> None:
-        print(f"[scoring] alert {severity} {kind}: {message[:300]}", file=sys.stderr, flush=True)
+        worker_log(f"alert {severity} {kind}: {message[:300]}")
         if not self.alerts_topic:
             return
         rec = {"kind": kind, "severity": severity, "message": message, "model_version": model_version,
@@ -90,7 +97,7 @@ class ControlWatcher:
         try:
             ends = end_offsets(self.bootstrap, self.topic)
         except RuntimeError as exc:
-            print(f"[scoring] control topic {self.topic} unavailable ({exc}); watching anyway", file=sys.stderr)
+            worker_log(f"control topic {self.topic} unavailable ({exc}); watching anyway")
             ends = {}
         self.consumer.assign([TopicPartition(self.topic, p, 0) for p in (ends or {0: 0})])
         todo = {p: hi for p, hi in ends.items() if hi > 0}
@@ -98,7 +105,7 @@ class ControlWatcher:
             for msg in consume_until(self.consumer, self.topic, todo, catch_up_timeout_s):
                 self._handle(msg)
         except TimeoutError as exc:
-            print(f"[scoring] control catch-up incomplete: {exc}", file=sys.stderr)
+            worker_log(f"control catch-up incomplete: {exc}")
         self._thread = threading.Thread(target=self._run, name="model-control", daemon=True)
         self._thread.start()
 
@@ -114,7 +121,7 @@ class ControlWatcher:
                 for msg in self.consumer.consume(100, timeout=self.poll_s):
                     self._handle(msg)
             except Exception as exc:  # the watcher must outlive broker hiccups
-                print(f"[scoring] control watcher: {type(exc).__name__}: {exc}", file=sys.stderr)
+                worker_log(f"control watcher: {type(exc).__name__}: {exc}")
                 time.sleep(1.0)
 
     def stop(self) -> None:

@@ -12,8 +12,10 @@ Decision rule of ``compare`` (control vs treatment):
   difference's (Welch-Satterthwaite df) divided by the control mean, whose own, much
   smaller, uncertainty is ignored.
 * guardrails, treatment not worse than control by more than a tolerance: ``|calibration
-  - 1|`` (absolute), batch p99 latency (relative), fallback rate (absolute); one whose
-  inputs are missing is not evaluated (``passed is None``) and fails nothing.
+  - 1|`` (absolute), batch p99 latency (relative, with a few ms of slack), fallback rate
+  (absolute); the estimated ones fail only when the excess over the tolerance is
+  significant (one-sided, at ``alpha``); one whose inputs are missing is not evaluated
+  (``passed is None``) and fails nothing.
 * verdict: ``promote`` if significantly better (p < alpha, lift > 0) and no guardrail
   failed; ``rollback`` if significantly worse or a guardrail failed; else ``keep`` (not
   significant: nothing declared). n < 2 in an arm or zero variance: ``keep``, note "not
@@ -231,20 +233,39 @@ class Comparison:
                        "guardrails": [g.to_dict() for g in self.guardrails]})
 
 
+def _calibration_se(a: ArmStats) -> float:
+    """Standard error of mean score / CTR (delta method; the CTR's binomial error dominates)."""
+    if a.n < 2 or not a.ctr > 0:
+        return NAN
+    return abs(a.calibration) * math.sqrt((1 - a.ctr) / (a.ctr * a.n))
+
+
+def _rate_se(rate: float, n: int) -> float:
+    return math.sqrt(rate * (1 - rate) / n) if n > 0 and math.isfinite(rate) else NAN
+
+
 def _guardrails(c: ArmStats, t: ArmStats, cal_tol: float, lat_tol: float, fb_tol: float,
-                lat_slack_ms: float = 5.0) -> list[Guardrail]:
-    def rail(name: str, cv: float, tv: float, change: float, tol: float) -> Guardrail:
-        ok = None if not math.isfinite(change) else bool(change <= tol)
+                lat_slack_ms: float = 5.0, alpha: float = 0.05) -> list[Guardrail]:
+    """A guardrail fails when the treatment is worse by more than its tolerance; for the
+    estimated ones (calibration, fallback rate) only when that excess is significant at
+    one-sided ``alpha`` (noise in a small arm is not a regression)."""
+    z = float(stats.norm.ppf(1 - alpha))
+
+    def rail(name: str, cv: float, tv: float, change: float, tol: float, se: float = 0.0) -> Guardrail:
+        margin = z * se if math.isfinite(se) else 0.0
+        ok = None if not math.isfinite(change) else bool(change <= tol + margin)
         return Guardrail(name, cv, tv, change, tol, ok)
 
     cal_c, cal_t = abs(c.calibration - 1), abs(t.calibration - 1)
     lat_c, lat_t = c.batch_ms_p99, t.batch_ms_p99
+    cal_se = math.hypot(_calibration_se(c), _calibration_se(t))
+    fb_se = math.hypot(_rate_se(c.fallback_rate, c.n), _rate_se(t.fallback_rate, t.n))
     return [
-        rail("calibration", c.calibration, t.calibration, cal_t - cal_c, cal_tol),
+        rail("calibration", c.calibration, t.calibration, cal_t - cal_c, cal_tol, cal_se),
         # relative, but a few milliseconds more than a trivially fast control never fails
         rail("batch_p99_ms", lat_c, lat_t, _div(lat_t - lat_c, lat_c) if lat_c > 0 else NAN,
              max(lat_tol, _div(lat_slack_ms, lat_c)) if lat_c > 0 else lat_tol),
-        rail("fallback_rate", c.fallback_rate, t.fallback_rate, t.fallback_rate - c.fallback_rate, fb_tol),
+        rail("fallback_rate", c.fallback_rate, t.fallback_rate, t.fallback_rate - c.fallback_rate, fb_tol, fb_se),
     ]
 
 
@@ -255,7 +276,7 @@ def compare(control: ArmStats, treatment: ArmStats, alpha: float = 0.05, calibra
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     c, t = control, treatment
-    rails = _guardrails(c, t, calibration_tolerance, latency_tolerance, fallback_tolerance, latency_slack_ms)
+    rails = _guardrails(c, t, calibration_tolerance, latency_tolerance, fallback_tolerance, latency_slack_ms, alpha)
     notes = [f"guardrail {g.name} not evaluated (missing data)" for g in rails if g.passed is None]
     diff = c.mean_logloss - t.mean_logloss if c.n and t.n else NAN
     lift = _div(diff, c.mean_logloss)

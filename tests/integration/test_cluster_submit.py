@@ -25,7 +25,7 @@ def test_submitted_job_produces_the_reference_outputs(broker, registry_path):
     try:
         env = job_env(broker.bootstrap, topics, STREAMSCORE_REGISTRY=str(registry_path))
         res = cluster.submit({k: v for k, v in env.items() if k.startswith("STREAMSCORE_")})
-        assert res.returncode == 0, res.stderr[-5000:]
+        assert res.returncode == 0, (res.stdout + res.stderr)[-12000:]
         info = json.loads(res.stdout.strip().splitlines()[-1])
         assert info["job_id"]
         assert cluster.rest(f"/jobs/{info['job_id']}")["state"] == "FINISHED"

@@ -201,12 +201,12 @@ def test_experiment_report_declares_the_better_model_and_nothing_on_aa(life):
         return [m for m in life["metrics"] if lo <= m["eval_window_start_ms"] < hi]
 
     ab = report(records("ab"), control_arm="control").to_dict()
-    assert ab["comparisons"]["treatment"]["significant"] is True
+    assert ab["comparisons"]["treatment"]["significant"] is True, ab["comparisons"]
     assert ab["comparisons"]["treatment"]["verdict"] == "promote"
     assert ab["comparisons"]["treatment"]["lift"] > 0
     aa = report(records("aa"), control_arm="a").to_dict()
-    assert aa["comparisons"]["b"]["significant"] is False
-    assert aa["comparisons"]["b"]["verdict"] == "keep"
+    assert aa["comparisons"]["b"]["significant"] is False, aa["comparisons"]
+    assert aa["comparisons"]["b"]["verdict"] == "keep", aa["comparisons"]
 
 
 @pytest.mark.parametrize("phase,reason", [("nan", "NaN"), ("slow", "latency_budget")])
