@@ -20,7 +20,8 @@ def fresh_topics(bootstrap: str, prefix: str) -> dict[str, str]:
     tag = f"{prefix}-{uuid.uuid4().hex[:8]}"
     names = {"events": f"{tag}-events", "scores": f"{tag}-scores", "feature-snapshots": f"{tag}-snapshots",
              "dead-letters": f"{tag}-dead-letters", "alerts": f"{tag}-alerts", "model-control": f"{tag}-control",
-             "model-metrics": f"{tag}-metrics"}
+             "model-metrics": f"{tag}-metrics", "model-monitoring": f"{tag}-monitoring",
+             "explanations": f"{tag}-explanations"}
     kafka_local.create_topics(bootstrap, {v: kafka_local.TOPICS[k] for k, v in names.items()})
     return names
 
@@ -35,6 +36,8 @@ def job_env(bootstrap: str, topics: dict[str, str], **extra: str) -> dict[str, s
         "STREAMSCORE_DEAD_LETTERS_TOPIC": topics["dead-letters"],
         "STREAMSCORE_ALERTS_TOPIC": topics.get("alerts", ""), "STREAMSCORE_CONTROL_TOPIC": topics.get("model-control", ""),
         "STREAMSCORE_METRICS_TOPIC": topics.get("model-metrics", ""),
+        "STREAMSCORE_MONITORING_TOPIC": topics.get("model-monitoring", ""),
+        "STREAMSCORE_EXPLANATIONS_TOPIC": topics.get("explanations", ""),
         "STREAMSCORE_GROUP_ID": f"run-{uuid.uuid4().hex[:8]}", "STREAMSCORE_BOUNDED": "true",
     })
     env.update(extra)

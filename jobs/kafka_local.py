@@ -30,6 +30,8 @@ TOPICS: dict[str, tuple[int, dict[str, str]]] = {
     "alerts": (1, {}),
     "model-control": (1, {"cleanup.policy": "compact"}),
     "model-metrics": (1, {}),
+    "model-monitoring": (1, {}),
+    "explanations": (1, {}),
 }
 
 
