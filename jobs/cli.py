@@ -19,6 +19,7 @@ COMMANDS = {
     "backfill": ("jobs.backfill", "point-in-time training dataset from Avro or Kafka offsets (Beam)"),
     "experiment": ("jobs.experiment", "online experiment report: lift, confidence interval, significance, verdict"),
     "drift": ("jobs.drift", "offline drift of a dataset against a model's training reference"),
+    "report": ("jobs.report", "one self-contained HTML page: throughput, latency, drift, score distributions, fairness, alerts"),
 }
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from jobs.paths import REGISTRY
 from transforms.codecs import ValidationLimits
+from transforms.drift import DriftThresholds
 
 
 def _env_bool(v: str) -> bool:
@@ -60,6 +61,28 @@ class JobConfig:
     # in an eval window with at least this many labels (ratio 0: never)
     rollback_min_labels: int = 300
     rollback_logloss_ratio: float = 1.25
+    # STREAMSCORE_MONITORING_TOPIC / STREAMSCORE_EXPLANATIONS_TOPIC: drift, fairness and
+    # retrain records; sampled explanations (empty: off)
+    monitoring_topic: str = "model-monitoring"
+    explanations_topic: str = "explanations"
+    # STREAMSCORE_MONITOR: drift, fairness and explanations in the scoring stage
+    monitor: bool = True
+    # STREAMSCORE_MONITOR_WINDOW_MS: drift monitoring window (of window ends)
+    monitor_window_ms: int = 60_000
+    # STREAMSCORE_PSI_WARN / _PSI_SEVERE / _KS_WARN / _KS_SEVERE / _DRIFT_MIN_COUNT /
+    # _RETRAIN_AFTER_WINDOWS: drift alert thresholds (severe drift falls back)
+    psi_warn: float = 0.1
+    psi_severe: float = 0.25
+    ks_warn: float = 0.1
+    ks_severe: float = 0.25
+    drift_min_count: int = 200
+    retrain_after_windows: int = 3
+    # STREAMSCORE_DRIFT_FALLBACK: severe drift rolls traffic back to the fallback model
+    drift_fallback: bool = True
+    # STREAMSCORE_EXPLAIN_RATE: share of scores explained (0 disables)
+    explain_rate: float = 0.01
+    # STREAMSCORE_SERVING_THRESHOLD: a score at or above it is a positive decision (fairness)
+    serving_threshold: float = 0.3
     # STREAMSCORE_DEFAULT_SCORE: score when no model can serve
     default_score: float = 0.05
     # STREAMSCORE_LATENCY_BUDGET_MS: a scoring batch slower than this falls back
@@ -108,6 +131,8 @@ class JobConfig:
                 raise ValueError(f"bad topic name {t!r}")
         if self.attribution_ms < 0 or self.eval_window_ms <= 0 or self.eval_grace_ms < 0:
             raise ValueError("attribution_ms and eval_grace_ms must be >= 0, eval_window_ms > 0")
+        if self.monitor_window_ms <= 0 or not 0.0 <= self.explain_rate <= 1.0:
+            raise ValueError("monitor_window_ms must be > 0 and explain_rate in [0, 1]")
         if self.rollback_min_labels < 1 or self.rollback_logloss_ratio < 0:
             raise ValueError("rollback_min_labels must be >= 1 and rollback_logloss_ratio >= 0")
 
@@ -128,7 +153,12 @@ class JobConfig:
             "alerts_topic": "ALERTS_TOPIC", "metrics_topic": "METRICS_TOPIC", "control_topic": "CONTROL_TOPIC",
             "online_eval": "ONLINE_EVAL", "attribution_ms": "ATTRIBUTION_MS", "eval_window_ms": "EVAL_WINDOW_MS",
             "eval_grace_ms": "EVAL_GRACE_MS", "rollback_min_labels": "ROLLBACK_MIN_LABELS",
-            "rollback_logloss_ratio": "ROLLBACK_LOGLOSS_RATIO",
+            "rollback_logloss_ratio": "ROLLBACK_LOGLOSS_RATIO", "monitoring_topic": "MONITORING_TOPIC",
+            "explanations_topic": "EXPLANATIONS_TOPIC", "monitor": "MONITOR", "monitor_window_ms": "MONITOR_WINDOW_MS",
+            "psi_warn": "PSI_WARN", "psi_severe": "PSI_SEVERE", "ks_warn": "KS_WARN", "ks_severe": "KS_SEVERE",
+            "drift_min_count": "DRIFT_MIN_COUNT", "retrain_after_windows": "RETRAIN_AFTER_WINDOWS",
+            "drift_fallback": "DRIFT_FALLBACK", "explain_rate": "EXPLAIN_RATE",
+            "serving_threshold": "SERVING_THRESHOLD",
         }
         types = {f.name: f.type for f in fields(cls)}
         kw: dict[str, object] = {}
@@ -146,6 +176,11 @@ class JobConfig:
         kw["limits"] = lim
         kw.update(overrides)
         return cls(**kw)  # type: ignore[arg-type]
+
+    def drift_thresholds(self) -> DriftThresholds:
+        return DriftThresholds(psi_warn=self.psi_warn, psi_severe=self.psi_severe, ks_warn=self.ks_warn,
+                               ks_severe=self.ks_severe, min_count=self.drift_min_count,
+                               retrain_after_windows=self.retrain_after_windows)
 
     def spec_file(self) -> Path | None:
         return Path(self.spec_path) if self.spec_path else None

@@ -26,6 +26,8 @@ if __package__ in (None, ""):  # `flink run -py jobs/flink_job.py`
 from jobs.config import JobConfig  # noqa: E402
 from jobs.paths import flink_jar_urls  # noqa: E402
 from transforms.avro_sql import columns_ddl, field_names  # noqa: E402
+from transforms.fairness import ATTRIBUTES  # noqa: E402
+from transforms.monitoring import MonitorConfig  # noqa: E402
 from transforms.online_eval import EvalConfig, RollbackPolicy  # noqa: E402
 from transforms.pit import label_step_ms  # noqa: E402
 from transforms.registry import Registry, RegistryError  # noqa: E402
@@ -179,7 +181,8 @@ def build(cfg: JobConfig, ceiling: bool = False) -> BuiltJob:
         "CREATE TEMPORARY VIEW accepted_events AS SELECT * FROM decoded WHERE reason IS NULL"
         " AND (CURRENT_WATERMARK(ts) IS NULL OR ts > CURRENT_WATERMARK(ts))")
     for g in spec.groups:
-        t_env.execute_sql(f"CREATE TEMPORARY VIEW grp_{g.name} AS {group_query(g, 'accepted_events')}")
+        attrs = ATTRIBUTES if not ceiling and g.name == spec.scoring_groups[0] else ()
+        t_env.execute_sql(f"CREATE TEMPORARY VIEW grp_{g.name} AS {group_query(g, 'accepted_events', attrs)}")
     if ceiling:
         return BuiltJob(t_env, _ceiling_statements(t_env, spec), spec)
 
@@ -202,8 +205,8 @@ def build(cfg: JobConfig, ceiling: bool = False) -> BuiltJob:
     stmts.add_insert_sql(f"INSERT INTO snapshots_sink {snaps}")
 
     step_ms = label_step_ms(spec)
-    eval_cfg = EvalConfig(step_ms, cfg.attribution_ms or step_ms, cfg.eval_window_ms, cfg.eval_grace_ms) \
-        if cfg.online_eval else None
+    eval_cfg = EvalConfig(step_ms, cfg.attribution_ms or step_ms, cfg.eval_window_ms, cfg.eval_grace_ms,
+                          cfg.serving_threshold) if cfg.online_eval else None
     labels_view = None
     if eval_cfg is not None:
         t_env.execute_sql("CREATE TEMPORARY VIEW click_events AS SELECT user_id, ts FROM accepted_events"
@@ -212,12 +215,16 @@ def build(cfg: JobConfig, ceiling: bool = False) -> BuiltJob:
                           + label_query(eval_cfg.step_ms, eval_cfg.attribution_ms, "click_events"))
         labels_view = "click_windows"
     scoring_input = t_env.sql_query(
-        scoring_input_query(spec, {g: f"grp_{g}" for g in spec.scoring_groups}, labels_view))
+        scoring_input_query(spec, {g: f"grp_{g}" for g in spec.scoring_groups}, labels_view, ATTRIBUTES))
     serving = ServingConfig(cfg.registry_path, cfg.model_name, cfg.fallback_model_name, spec.version,
                             cfg.default_score, cfg.latency_budget_ms, eval_cfg,
-                            RollbackPolicy(cfg.rollback_min_labels, cfg.rollback_logloss_ratio))
+                            RollbackPolicy(cfg.rollback_min_labels, cfg.rollback_logloss_ratio),
+                            MonitorConfig(cfg.monitor_window_ms, cfg.drift_thresholds(), cfg.explain_rate,
+                                          cfg.drift_fallback) if cfg.monitor else None,
+                            tuple(spec.model_feature_names))
     scorer = ScoreBatch(serving, len(spec.model_feature_names), cfg.bootstrap_servers, cfg.alerts_topic,
-                        cfg.metrics_topic if eval_cfg is not None else "", cfg.control_topic)
+                        cfg.metrics_topic if eval_cfg is not None else "", cfg.control_topic,
+                        cfg.monitoring_topic, cfg.explanations_topic)
     scored = scoring_input.map(score_udf(scorer))
     t_env.create_temporary_view("scored", scored)
     cols = "user_id, user_id, window_start_ms, window_end_ms, {score}, {name}, {version}, {arm}, {reason}," \

@@ -31,7 +31,9 @@ SCORED_FIELDS = [
     ("shadow_model_name", DataTypes.STRING()),
     ("shadow_model_version", DataTypes.STRING()),
 ]
-N_ID_COLUMNS = 6  # row_kind, user_id, window_start_ms, window_end_ms, fired_at_ms, label_clicks
+ATTRIBUTE_COLUMNS = ("region", "device")  # transforms.fairness.ATTRIBUTES, in the scoring input's order
+N_ID_COLUMNS = 6 + len(ATTRIBUTE_COLUMNS)  # row_kind, user_id, window_start_ms, window_end_ms, fired_at_ms,
+# label_clicks, the attributes
 
 
 class ScoreBatch(ScalarFunction):
@@ -40,11 +42,12 @@ class ScoreBatch(ScalarFunction):
     labels that user's score at ``end - attribution`` in the online evaluation."""
 
     def __init__(self, serving: ServingConfig, n_features: int, bootstrap: str = "", alerts_topic: str = "",
-                 metrics_topic: str = "", control_topic: str = "") -> None:
+                 metrics_topic: str = "", control_topic: str = "", monitoring_topic: str = "",
+                 explanations_topic: str = "") -> None:
         self.serving_cfg = serving
         self.n_features = n_features
         self.bootstrap = bootstrap
-        self.topics = (alerts_topic, metrics_topic, control_topic)
+        self.topics = (alerts_topic, metrics_topic, control_topic, monitoring_topic, explanations_topic)
         self.service: ScoringService | None = None
         self.publisher: Any = None
         self.watcher: Any = None
@@ -92,7 +95,8 @@ class ScoreBatch(ScalarFunction):
         rows = np.flatnonzero(kind == "s")
         if rows.size:
             x = frame.iloc[rows, N_ID_COLUMNS:N_ID_COLUMNS + self.n_features].to_numpy(dtype=np.float32)
-            out = service.score(users[rows].tolist(), ends[rows].tolist(), x)
+            groups = {a: frame.iloc[rows, 6 + i].astype(str).tolist() for i, a in enumerate(ATTRIBUTE_COLUMNS)}
+            out = service.score(users[rows].tolist(), ends[rows].tolist(), x, groups)
             score[rows] = out.scores
             for j, r in enumerate(rows.tolist()):
                 name[r], version[r], arm[r], reason[r] = (out.model_name[j], out.model_version[j], out.arm[j],

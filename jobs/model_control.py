@@ -27,16 +27,19 @@ def worker_log(msg: str) -> None:
 
 
 class KafkaPublisher:
-    """Alerts (``alerts``, Avro alert.v1), metrics (``model-metrics``, Avro
-    model_metrics.v1) and control records, from the Python worker. Monitoring output:
+    """Alerts (``alerts``, Avro alert.v1), metrics (``model-metrics``, model_metrics.v1),
+    monitoring records (``model-monitoring``, monitoring.v1), explanations
+    (``explanations``, explanation.v1) and control records, from the Python worker. Monitoring output:
     at-least-once, outside the job's checkpoints. An empty topic name switches that
     output off."""
 
     def __init__(self, bootstrap: str, alerts_topic: str, metrics_topic: str, control_topic: str,
+                 monitoring_topic: str = "", explanations_topic: str = "",
                  clock: Callable[[], float] = time.time) -> None:
         from jobs.kafka_io import producer
 
         self.alerts_topic, self.metrics_topic, self.control_topic = alerts_topic, metrics_topic, control_topic
+        self.monitoring_topic, self.explanations_topic = monitoring_topic, explanations_topic
         self.clock = clock
         self.producer = producer(bootstrap, **{"linger.ms": 20, "compression.type": "none"})
 
@@ -55,6 +58,19 @@ class KafkaPublisher:
         for r in records:
             key = f"{r['arm']}|{r['model_name']}:{r['model_version']}|{r['eval_window_start_ms']}".encode()
             self._send(self.metrics_topic, key, encode(r, "model_metrics"))
+
+    def monitoring(self, records: list[dict[str, Any]]) -> None:
+        if not self.monitoring_topic:
+            return
+        for r in records:
+            key = f"{r['kind']}|{r['model']}|{r['window_start_ms']}".encode()
+            self._send(self.monitoring_topic, key, encode(r, "monitoring"))
+
+    def explanations(self, records: list[dict[str, Any]]) -> None:
+        if not self.explanations_topic:
+            return
+        for r in records:
+            self._send(self.explanations_topic, r["user_id"].encode(), encode(r, "explanation"))
 
     def control(self, key: bytes, value: bytes) -> None:
         if self.control_topic:

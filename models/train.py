@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 
 from models.baselines import constant_model
+from transforms.drift import build_reference
+from transforms.fairness import FairnessPolicy
 from transforms.registry import ModelEntry, Registry
 from transforms.scoring import OnnxScorer, sha256_file
 from transforms.spec import FeatureSpec, load_spec
@@ -150,22 +152,31 @@ def train_and_register(events: Iterable[dict[str, Any]] | Dataset, out_dir: Path
     (out_dir / "artifacts").mkdir(parents=True, exist_ok=True)
     entries: list[ModelEntry] = []
 
-    def fit(kind: str) -> tuple[bytes, np.ndarray]:
-        """ONNX bytes and holdout predictions of one model kind."""
+    def fit(kind: str) -> tuple[bytes, np.ndarray, np.ndarray, Any]:
+        """ONNX bytes, holdout and training predictions, and the native model of one kind."""
         if kind == "prior":  # the base-rate baseline every model must beat
             rate = float(ds.y[tr].mean())
-            return constant_model(ds.x.shape[1], rate), np.full(int(te.sum()), rate)
+            return constant_model(ds.x.shape[1], rate), np.full(int(te.sum()), rate), np.full(int(tr.sum()), rate), \
+                None
         model = train_gbdt(ds.x[tr], ds.y[tr], n_estimators) if kind == "gbdt" else train_mlp(ds.x[tr], ds.y[tr])
-        return to_onnx(model, kind, ds.x.shape[1]), native_predict(model, ds.x[te])
+        return (to_onnx(model, kind, ds.x.shape[1]), native_predict(model, ds.x[te]),
+                native_predict(model, ds.x[tr]), model)
 
     for kind, stage in (("gbdt", "active"), ("mlp", "fallback"), ("prior", "candidate")):
         t1 = time.monotonic()
-        onx, holdout_p = fit(kind)
+        onx, holdout_p, train_p, native = fit(kind)
         rel = f"artifacts/{kind}-{version}.onnx"
         (out_dir / rel).write_bytes(onx)
         metrics = offline_metrics(ds.y[te], holdout_p)
+        explainer: dict[str, Any] = {}
+        if kind == "gbdt":  # the native booster, for TreeSHAP explanations of sampled scores
+            erel = f"artifacts/{kind}-{version}.lgb.txt"
+            native.booster_.save_model(str(out_dir / erel))
+            explainer = {"kind": "lightgbm", "path": erel, "sha256": sha256_file(out_dir / erel)}
         entry = ModelEntry(kind, version, kind, rel, sha256_file(out_dir / rel), tuple(ds.feature_names),
-                           spec.version, ds.fingerprint, metrics, stage, registered_at_ms=int(time.time() * 1000))
+                           spec.version, ds.fingerprint, metrics, stage, registered_at_ms=int(time.time() * 1000),
+                           reference=build_reference(ds.x[tr], train_p, ds.feature_names),
+                           fairness=FairnessPolicy().to_json(), explainer=explainer)
         entry = replace(entry, latency=measure_latency(OnnxScorer(out_dir / rel, entry), len(ds.feature_names)))
         log(f"[train] {kind}: auc {metrics['auc']:.4f} logloss {metrics['logloss']:.4f} "
             f"p99 {entry.latency['p99_ms']:.2f} ms/{entry.latency['batch_rows']:.0f} rows "

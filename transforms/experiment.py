@@ -405,7 +405,7 @@ def report(records: Iterable[Mapping[str, Any]], control_arm: str | None = None,
 
 
 def metrics_record(arm: str, role: str, ref: str, window_start_ms: int, scores: np.ndarray, labels: np.ndarray,
-                   window_ms: int = 60_000, **extra: Any) -> dict[str, Any]:
+                   window_ms: int = 60_000, threshold: float = 0.3, **extra: Any) -> dict[str, Any]:
     """A ``model-metrics`` record computed from raw scores and labels (the reference
     computation; ``extra`` overrides fields such as fallback_count or batch_ms_p99)."""
     s, y = np.asarray(scores, dtype=np.float64), np.asarray(labels).astype(np.int64)
@@ -418,7 +418,8 @@ def metrics_record(arm: str, role: str, ref: str, window_start_ms: int, scores: 
         "n": int(s.size), "positives": int(y.sum()), "sum_score": float(s.sum()), "sum_logloss": float(ll.sum()),
         "sum_logloss_sq": float((ll**2).sum()), "auc_bins_pos": pos.tolist(), "auc_bins_neg": neg.tolist(),
         "fallback_count": 0, "batch_count": 1, "batch_ms_p50": 1.0, "batch_ms_p99": 2.0,
-        "unattributed_clicks": 0, "emitted_at_ms": int(window_start_ms + window_ms), "schema_version": 1,
+        "unattributed_clicks": 0, "above_threshold": int(np.count_nonzero(s >= threshold)),
+        "emitted_at_ms": int(window_start_ms + window_ms), "schema_version": 1,
     }
     rec.update(extra)
     return rec

@@ -81,6 +81,7 @@ class EvalConfig:
     attribution_ms: int = 10_000
     eval_window_ms: int = 60_000
     grace_ms: int = 20_000
+    serving_threshold: float = 0.3  # a score at or above it is a positive decision (fairness)
 
     def __post_init__(self) -> None:
         if self.step_ms <= 0:
@@ -92,6 +93,8 @@ class EvalConfig:
             raise ValueError(f"eval_window_ms {self.eval_window_ms} must be a positive multiple of {self.step_ms}")
         if self.grace_ms < 0:
             raise ValueError("grace_ms must be >= 0")
+        if not 0.0 < self.serving_threshold < 1.0:
+            raise ValueError("serving_threshold must be in (0, 1)")
 
 
 @dataclass
@@ -107,8 +110,9 @@ class WindowMetrics:
     neg: np.ndarray = field(default_factory=lambda: np.zeros(N_AUC_BINS, np.int64))
     fallback_count: int = 0
     batch_ms: list[float] = field(default_factory=list)
+    above_threshold: int = 0
 
-    def add(self, scores: np.ndarray, labels: np.ndarray, fallbacks: int = 0) -> None:
+    def add(self, scores: np.ndarray, labels: np.ndarray, fallbacks: int = 0, threshold: float = 0.3) -> None:
         ll = logloss_terms(scores, labels)
         p, q = score_histogram(scores, labels)
         self.n += int(scores.size)
@@ -119,12 +123,13 @@ class WindowMetrics:
         self.pos += p
         self.neg += q
         self.fallback_count += fallbacks
+        self.above_threshold += int(np.count_nonzero(np.asarray(scores) >= threshold))
 
     def merge(self, other: WindowMetrics) -> WindowMetrics:
         out = WindowMetrics(self.n + other.n, self.positives + other.positives, self.sum_score + other.sum_score,
                             self.sum_logloss + other.sum_logloss, self.sum_logloss_sq + other.sum_logloss_sq,
                             self.pos + other.pos, self.neg + other.neg, self.fallback_count + other.fallback_count,
-                            self.batch_ms + other.batch_ms)
+                            self.batch_ms + other.batch_ms, self.above_threshold + other.above_threshold)
         return out
 
     @property
@@ -205,7 +210,8 @@ class OnlineEvaluator:
         self.counters["labelled"] += 1
         self.counters["positives"] += int(label)
         for key, score, fb in row:
-            self.acc.setdefault((e0, key), WindowMetrics()).add(np.array([score]), y, int(fb))
+            self.acc.setdefault((e0, key), WindowMetrics()).add(np.array([score]), y, int(fb),
+                                                                self.cfg.serving_threshold)
 
     def _expire(self) -> None:
         cut = self.progress_ms - self.cfg.attribution_ms - self.cfg.grace_ms
@@ -245,6 +251,7 @@ class OnlineEvaluator:
             "auc_bins_pos": m.pos.tolist(), "auc_bins_neg": m.neg.tolist(), "fallback_count": m.fallback_count,
             "batch_count": len(m.batch_ms), "batch_ms_p50": float(np.percentile(ms, 50)),
             "batch_ms_p99": float(np.percentile(ms, 99)), "unattributed_clicks": unattributed,
+            "above_threshold": m.above_threshold,
             "emitted_at_ms": int(self.clock() * 1000), "schema_version": 1,
         }
 

@@ -44,7 +44,12 @@ class ModelEntry:
     latency: dict[str, float] = field(default_factory=dict)
     registered_at_ms: int = 0
     # per-feature and prediction reference statistics recorded at training time
+    # (transforms.drift.build_reference); empty: monitoring is disabled for this model
     reference: dict[str, Any] = field(default_factory=dict)
+    # fairness thresholds declared with the model (transforms.fairness.FairnessPolicy)
+    fairness: dict[str, Any] = field(default_factory=dict)
+    # a native explainer next to the ONNX artifact: {"kind": "lightgbm", "path", "sha256"}
+    explainer: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -63,7 +68,8 @@ class ModelEntry:
                        tuple(raw["feature_names"]), raw["feature_set_version"],
                        raw["training_data_fingerprint"], dict(raw.get("metrics", {})), raw.get("stage", "candidate"),
                        dict(raw.get("latency", {})), int(raw.get("registered_at_ms", 0)),
-                       dict(raw.get("reference", {})))
+                       dict(raw.get("reference", {})), dict(raw.get("fairness", {})),
+                       dict(raw.get("explainer", {})))
         except (KeyError, TypeError) as exc:
             raise RegistryError(f"registry entry missing or malformed field {exc}") from exc
 
@@ -131,14 +137,19 @@ class Registry:
         hits = self.by_stage(stage)
         return hits[-1] if hits else None
 
-    def artifact(self, entry: ModelEntry) -> Path:
-        """The artifact path, confined to the registry folder (no traversal, no URLs)."""
-        if "://" in entry.path or os.path.isabs(entry.path):
-            raise RegistryError(f"model {entry.ref}: artifact path {entry.path!r} must be relative to the registry")
+    def artifact(self, entry: ModelEntry, rel: str | None = None) -> Path:
+        """The artifact path (or ``rel``, another file of the entry), confined to the
+        registry folder (no traversal, no absolute paths, no URLs)."""
+        rel = entry.path if rel is None else rel
+        if "://" in rel or os.path.isabs(rel):
+            raise RegistryError(f"model {entry.ref}: artifact path {rel!r} must be relative to the registry")
         root = self.root.resolve()
-        path = (root / entry.path).resolve()
+        try:
+            path = (root / rel).resolve()
+        except (OSError, ValueError) as exc:
+            raise RegistryError(f"model {entry.ref}: bad artifact path {rel!r}: {exc}") from exc
         if not path.is_relative_to(root):
-            raise RegistryError(f"model {entry.ref}: artifact path {entry.path!r} leaves the registry folder")
+            raise RegistryError(f"model {entry.ref}: artifact path {rel!r} leaves the registry folder")
         return path
 
     # -- writing ---------------------------------------------------------------------

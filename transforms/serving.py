@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from transforms.deployment import ControlError, apply_command, command_record, parse_command
+from transforms.monitoring import ModelMonitors, MonitorConfig
 from transforms.online_eval import EvalConfig, Key, OnlineEvaluator, RollbackPolicy, rollback_reason
 from transforms.registry import RegistryError, split_ref
 from transforms.router import Routed, Serving, initial_deployment, load_predictors, resolve_ref, route
@@ -36,6 +37,10 @@ class Publisher(Protocol):
 
     def control(self, key: bytes, value: bytes) -> None: ...
 
+    def monitoring(self, records: list[dict[str, Any]]) -> None: ...
+
+    def explanations(self, records: list[dict[str, Any]]) -> None: ...
+
 
 @dataclass
 class ListPublisher:
@@ -44,6 +49,8 @@ class ListPublisher:
     alerts: list[dict[str, Any]] = field(default_factory=list)
     records: list[dict[str, Any]] = field(default_factory=list)
     commands: list[tuple[bytes, bytes]] = field(default_factory=list)
+    monitored: list[dict[str, Any]] = field(default_factory=list)
+    explained: list[dict[str, Any]] = field(default_factory=list)
 
     def alert(self, kind: str, severity: str, message: str, model_version: str = "", **attributes: str) -> None:
         self.alerts.append({"kind": kind, "severity": severity, "message": message, "model_version": model_version,
@@ -54,6 +61,12 @@ class ListPublisher:
 
     def control(self, key: bytes, value: bytes) -> None:
         self.commands.append((key, value))
+
+    def monitoring(self, records: list[dict[str, Any]]) -> None:
+        self.monitored.extend(records)
+
+    def explanations(self, records: list[dict[str, Any]]) -> None:
+        self.explained.extend(records)
 
 
 @dataclass(frozen=True)
@@ -66,6 +79,8 @@ class ServingConfig:
     latency_budget_ms: float = 250.0
     eval: EvalConfig | None = None
     rollback: RollbackPolicy = field(default_factory=RollbackPolicy)
+    monitor: MonitorConfig | None = None  # drift, fairness, explanations (None: off)
+    feature_names: tuple[str, ...] = ()  # model input names, in order (drift and explanations)
 
 
 def _split(ref: str) -> tuple[str, str]:
@@ -86,6 +101,8 @@ class ScoringService:
         self._applied_ids: set[str] = set()
         self._last_reason: dict[str, str] = {}
         self.evaluator = OnlineEvaluator(cfg.eval, cfg.feature_set_version, clock) if cfg.eval else None
+        self.monitors = ModelMonitors(self.registry, cfg.monitor, cfg.feature_names, cfg.feature_set_version,
+                                      publisher, clock) if cfg.monitor else None
         for ref, err in sorted(errors.items()):
             publisher.alert("model_load_error", "critical", err, ref)
         if not dep.arms:
@@ -136,14 +153,33 @@ class ScoringService:
         return True
 
     # -- scoring ---------------------------------------------------------------------------
-    def score(self, user_ids: Sequence[str], window_end_ms: Sequence[int], x: np.ndarray) -> Routed:
+    def score(self, user_ids: Sequence[str], window_end_ms: Sequence[int], x: np.ndarray,
+              groups: dict[str, Sequence[str]] | None = None) -> Routed:
+        """Score one batch; ``groups`` maps a subgroup attribute (region, device) to each
+        row's value, for the fairness metrics."""
         srv = self.serving
         out = route(srv, user_ids, x, default_score=self.cfg.default_score,
                     latency_budget_ms=self.cfg.latency_budget_ms, with_reference=self.evaluator is not None)
         self._fallback_alerts(out)
         if self.evaluator is not None and len(user_ids):
-            self._emit(self.evaluator.add_scores(user_ids, window_end_ms, *self._eval_entries(srv, out)))
+            entries, batch_ms = self._eval_entries(srv, out, groups)
+            self._emit(self.evaluator.add_scores(user_ids, window_end_ms, entries, batch_ms))
+        if self.monitors is not None and len(user_ids):
+            self._monitor(srv, out, user_ids, window_end_ms, x)
         return out
+
+    def _monitor(self, srv: Serving, out: Routed, user_ids: Sequence[str], window_end_ms: Sequence[int],
+                 x: np.ndarray) -> None:
+        monitors = self.monitors
+        if monitors is None:
+            return
+        dep = srv.deployment
+        if dep.arms:
+            severe = monitors.drift(dep.arms[0].model, window_end_ms, x, out.scores)
+            if severe and not self.serving.deployment.rolled_back and dep.fallback \
+                    and dep.fallback != dep.arms[0].model:
+                self.rollback(severe, source="drift")
+        monitors.explain(srv, out, user_ids, window_end_ms, x)
 
     def labels(self, user_ids: Sequence[str], window_start_ms: Sequence[int], clicks: Sequence[float]) -> None:
         if self.evaluator is not None and len(user_ids):
@@ -151,10 +187,10 @@ class ScoringService:
 
     def close(self) -> None:
         if self.evaluator is not None:
-            self.publisher.metrics(self.evaluator.flush())
+            self._emit(self.evaluator.flush())
 
-    def _eval_entries(self, srv: Serving, out: Routed) -> tuple[list[tuple[Key, np.ndarray, np.ndarray | None]],
-                                                                 dict[Key, float]]:
+    def _eval_entries(self, srv: Serving, out: Routed, groups: dict[str, Sequence[str]] | None = None
+                      ) -> tuple[list[tuple[Key, np.ndarray, np.ndarray | None]], dict[Key, float]]:
         dep = srv.deployment
         entries: list[tuple[Key, np.ndarray, np.ndarray | None]] = []
         batch_ms: dict[Key, float] = {}
@@ -174,12 +210,21 @@ class ScoringService:
             entries.append((("served", "default", "default", ""), out.scores, fallback_mask))
         if out.shadow_scores is not None:
             entries.append((("shadow", "shadow", *_split(out.shadow_ref)), out.shadow_scores, None))
+        if groups and arms:  # fairness: the served scores per subgroup, under the first arm's model
+            name, version = _split(arms[0].model)
+            for attr, values in groups.items():
+                col = np.asarray(values, dtype=object)
+                for g in sorted({str(v) for v in values if v}):
+                    entries.append((("group", f"{attr}={g}", name, version),
+                                    np.where(col == g, out.scores, np.nan), None))
         return entries, batch_ms
 
     def _emit(self, records: list[dict[str, Any]]) -> None:
         if not records:
             return
         self.publisher.metrics(records)
+        if self.monitors is not None:
+            self.monitors.fairness(records)
         if not self.serving.deployment.rolled_back:
             reason = rollback_reason(records, self.cfg.rollback)
             if reason:

@@ -128,12 +128,16 @@ def window_tvf(group: FeatureGroup, source: str, time_col: str = "ts") -> str:
     return f"HOP(TABLE {source}, DESCRIPTOR({time_col}), {interval(w.step_ms)}, {interval(w.size_ms)})"
 
 
-def group_query(group: FeatureGroup, source: str) -> str:
+def group_query(group: FeatureGroup, source: str, attributes: tuple[str, ...] = ()) -> str:
     """One windowed aggregation: ``entity_type, entity_id, window_start_ms, window_end_ms,
-    window_time, fired_at_ms`` and one DOUBLE ``f_<feature>`` column per feature."""
+    window_time, fired_at_ms`` and one DOUBLE ``f_<feature>`` column per feature, then an
+    ``attr_<a>`` column per entity attribute in ``attributes`` (``MAX``: the attributes
+    are constant per entity; used for fairness subgroups, not as features)."""
     by_name = {f.name: f for f in group.features}
     inner = [c for f in group.features if f.agg != "ratio" for c in _inner(f)]
+    inner += [f"MAX({_q(a)}) AS {_q('attr_' + a)}" for a in attributes]
     outer = [f"{_outer(f, by_name)} AS {_q(feature_column(f.name))}" for f in group.features]
+    outer += [_q("attr_" + a) for a in attributes]
     key = _q(group.key_field)
     fired = "CAST(CURRENT_ROW_TIMESTAMP() AS TIMESTAMP(3))"
     shift = window_end_shift_ms(group)
@@ -166,10 +170,11 @@ def model_input_columns(spec: FeatureSpec) -> list[str]:
     return [f"g{i}_{n}" for i, g in enumerate(spec.scoring_groups) for n in spec.group(g).feature_names]
 
 
-def model_input_query(spec: FeatureSpec, views: dict[str, str]) -> str:
+def model_input_query(spec: FeatureSpec, views: dict[str, str], attributes: tuple[str, ...] = ()) -> str:
     """Joins the scoring groups' views on entity and window end (an interval join on the
     window rowtime, so state is freed by the watermark): ``user_id, window_start_ms,
-    window_end_ms, window_time, fired_at_ms`` then the model input columns."""
+    window_end_ms, window_time, fired_at_ms``, the ``attributes`` (from the first group's
+    ``attr_<a>`` columns), then the model input columns."""
     names = list(spec.scoring_groups)
     cols = model_input_columns(spec)
     sel, i_col = [], 0
@@ -185,6 +190,7 @@ def model_input_query(spec: FeatureSpec, views: dict[str, str]) -> str:
     )
     return (
         f"SELECT g0.entity_id AS user_id, g0.window_start_ms, g0.window_end_ms, g0.window_time, {fired} AS fired_at_ms, "
+        + "".join(f"g0.{_q('attr_' + a)} AS {_q(a)}, " for a in attributes)
         + ", ".join(sel) + f" FROM {views[names[0]]} g0" + joins
     )
 
@@ -204,9 +210,11 @@ def label_query(step_ms: int, attribution_ms: int, source: str) -> str:
     )
 
 
-def scoring_input_query(spec: FeatureSpec, views: dict[str, str], labels_view: str | None = None) -> str:
+def scoring_input_query(spec: FeatureSpec, views: dict[str, str], labels_view: str | None = None,
+                        attributes: tuple[str, ...] = ()) -> str:
     """The rows of the Python scoring operator: ``row_kind, user_id, window_start_ms,
-    window_end_ms, fired_at_ms, label_clicks``, then the model input columns.
+    window_end_ms, fired_at_ms, label_clicks``, the ``attributes`` (fairness subgroups;
+    '' when unknown), then the model input columns.
 
     Without ``labels_view`` every row is a model input row (``row_kind`` 's'). With it,
     the model input is full-outer joined, per user and window end, with the click windows
@@ -214,17 +222,19 @@ def scoring_input_query(spec: FeatureSpec, views: dict[str, str], labels_view: s
     their end (0 when none), 'l' rows are click windows of users with no model input row
     at that end (features NULL). One operator thus sees both, in order per user."""
     cols = model_input_columns(spec)
+    attrs = "".join(f"COALESCE(m.{_q(a)}, '') AS {_q(a)}, " for a in attributes)
+    model_input = model_input_query(spec, views, attributes)
     if labels_view is None:
-        return ("SELECT 's' AS row_kind, user_id, window_start_ms, window_end_ms, fired_at_ms, "
-                "CAST(0 AS DOUBLE) AS label_clicks, " + ", ".join(_q(c) for c in cols)
-                + f" FROM ({model_input_query(spec, views)})")
+        return ("SELECT 's' AS row_kind, m.user_id, m.window_start_ms, m.window_end_ms, m.fired_at_ms, "
+                "CAST(0 AS DOUBLE) AS label_clicks, " + attrs + ", ".join(f"m.{_q(c)}" for c in cols)
+                + f" FROM ({model_input}) m")
     return (
         "SELECT CASE WHEN m.user_id IS NULL THEN 'l' ELSE 's' END AS row_kind, "
         "COALESCE(m.user_id, c.user_id) AS user_id, COALESCE(m.window_start_ms, c.window_start_ms) AS window_start_ms, "
         "COALESCE(m.window_end_ms, c.window_end_ms) AS window_end_ms, "
         "COALESCE(m.fired_at_ms, c.fired_at_ms) AS fired_at_ms, COALESCE(c.clicks, CAST(0 AS DOUBLE)) AS label_clicks, "
-        + ", ".join(f"m.{_q(c)}" for c in cols)
-        + f" FROM ({model_input_query(spec, views)}) m FULL OUTER JOIN {labels_view} c"
+        + attrs + ", ".join(f"m.{_q(c)}" for c in cols)
+        + f" FROM ({model_input}) m FULL OUTER JOIN {labels_view} c"
         " ON m.user_id = c.user_id AND m.window_end_ms = c.window_end_ms"
         " AND c.window_time BETWEEN m.window_time AND m.window_time"
     )

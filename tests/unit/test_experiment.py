@@ -56,7 +56,8 @@ def window_record(arm: str, ref: str, start_ms: int, scores: np.ndarray, labels:
         "positives": int(labels.sum()), "sum_score": float(scores.sum()), "sum_logloss": float(ll.sum()),
         "sum_logloss_sq": float((ll**2).sum()), "auc_bins_pos": pos.tolist(), "auc_bins_neg": neg.tolist(),
         "fallback_count": 0, "batch_count": 10, "batch_ms_p50": 1.0, "batch_ms_p99": 2.0,
-        "unattributed_clicks": 0, "emitted_at_ms": start_ms + WINDOW_MS, "schema_version": 1,
+        "unattributed_clicks": 0, "above_threshold": int((scores >= 0.3).sum()),
+        "emitted_at_ms": start_ms + WINDOW_MS, "schema_version": 1,
     }
     rec.update(extra)
     return rec
