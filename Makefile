@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 JARSTAMP := .cache/jars/.fetched
 SRC_JAVA := $(shell find flink-conf/src -name '*.java') $(wildcard schemas/*.avsc)
 
-.PHONY: help install jars models kafka-start kafka-stop demo test test-unit test-integration lint typecheck \
+.PHONY: help install chromium jars models kafka-start kafka-stop demo test test-unit test-integration lint typecheck \
         cluster-start cluster-stop cluster-submit bench parity clean
 
 help:  ## list targets
@@ -19,7 +19,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-install: $(STAMP) jars  ## virtual environment + JVM parts
+install: $(STAMP) jars chromium  ## virtual environment + JVM parts + headless Chromium (report tests)
+
+chromium:  ## Debian's Chromium for the HTML report's browser test (root, or sudo where there is one)
+	@command -v chromium >/dev/null 2>&1 || { SUDO=$$(command -v sudo >/dev/null && [ "$$(id -u)" != 0 ] && echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
 $(JARSTAMP): flink-conf/pom.xml $(SRC_JAVA)
 	mvn -q -B -f flink-conf/pom.xml package

@@ -81,6 +81,22 @@ def experiment_summary(bootstrap: str) -> dict[str, Any]:
     return {"records": len(records), "arms": arms, "html": str(html)}
 
 
+def write_report(bootstrap: str) -> str | None:
+    """``streamscore report`` over the demo's topics (its stdout goes to stderr here)."""
+    import contextlib
+
+    from jobs.paths import ROOT
+    from jobs.report import main as report_main
+
+    path = ROOT / "bench" / "out" / "report.html"
+    with contextlib.redirect_stdout(sys.stderr):
+        rc = report_main(["--bootstrap", bootstrap, "--out", str(path)])
+    if rc != 0:
+        return None
+    _log(f"monitoring report: {path}")
+    return str(path)
+
+
 def demo(n_events: int, malformed_every: int, seed: int, experiment: str = "ab") -> dict[str, Any]:
     broker = kafka_local.BrokerConfig.from_env()
     was_running = kafka_local.answers(broker.bootstrap)
@@ -126,6 +142,7 @@ def demo(n_events: int, malformed_every: int, seed: int, experiment: str = "ab")
             "feature_set_version": info["feature_set_version"],
             "scores_by_arm": dict(sorted(Counter(v["arm"] for _, v, _ in out.scores).items())),
             "experiment": experiment_summary(broker.bootstrap) if experiment != "none" else None,
+            "report_html": write_report(broker.bootstrap),
         }
     finally:
         if not was_running:

@@ -151,6 +151,12 @@ def train_and_register(events: Iterable[dict[str, Any]] | Dataset, out_dir: Path
     version = version or time.strftime("%Y%m%d%H%M%S", time.gmtime())
     (out_dir / "artifacts").mkdir(parents=True, exist_ok=True)
     entries: list[ModelEntry] = []
+    # reference statistics come from steady-state rows only: until the longest scoring
+    # window has filled, the start of a history has truncated windows that serving never sees
+    warmup_ms = max(spec.group(g).window.size_ms for g in spec.scoring_groups)
+    steady = ds.window_end_ms[tr] >= ds.window_end_ms.min() + warmup_ms
+    if not steady.any():
+        steady = np.ones(int(tr.sum()), dtype=bool)
 
     def fit(kind: str) -> tuple[bytes, np.ndarray, np.ndarray, Any]:
         """ONNX bytes, holdout and training predictions, and the native model of one kind."""
@@ -175,7 +181,7 @@ def train_and_register(events: Iterable[dict[str, Any]] | Dataset, out_dir: Path
             explainer = {"kind": "lightgbm", "path": erel, "sha256": sha256_file(out_dir / erel)}
         entry = ModelEntry(kind, version, kind, rel, sha256_file(out_dir / rel), tuple(ds.feature_names),
                            spec.version, ds.fingerprint, metrics, stage, registered_at_ms=int(time.time() * 1000),
-                           reference=build_reference(ds.x[tr], train_p, ds.feature_names),
+                           reference=build_reference(ds.x[tr][steady], train_p[steady], ds.feature_names),
                            fairness=FairnessPolicy().to_json(), explainer=explainer)
         entry = replace(entry, latency=measure_latency(OnnxScorer(out_dir / rel, entry), len(ds.feature_names)))
         log(f"[train] {kind}: auc {metrics['auc']:.4f} logloss {metrics['logloss']:.4f} "

@@ -148,8 +148,8 @@ class ScoringService:
         if not self.apply_control(key, value):
             return False
         self.publisher.control(key, value)  # persists the decision; other subtasks and restarts follow it
-        self.publisher.alert("auto_rollback" if source == "auto" else "rollback", "critical", reason,
-                             ",".join(a.model for a in self.serving.deployment.arms))
+        self.publisher.alert("rollback" if source == "operator" else "auto_rollback", "critical", reason,
+                             ",".join(a.model for a in self.serving.deployment.arms), source=source)
         return True
 
     # -- scoring ---------------------------------------------------------------------------
