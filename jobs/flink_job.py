@@ -142,11 +142,18 @@ def build(cfg: JobConfig, ceiling: bool = False) -> BuiltJob:
         jars = flink_jar_urls()
     except FileNotFoundError as exc:
         raise JobSetupError(str(exc)) from exc
+    from jobs.metrics import port_from_env, prepare_environment, reporter_settings
+
+    prom_port = port_from_env()  # STREAMSCORE_PROMETHEUS_PORT
+    prepare_environment(prom_port)  # the reporter jar on the gateway JVM's classpath, before it starts
     from pyflink.common import Configuration
 
     env_conf = Configuration()  # execution settings must be known when the environment is made
     env_conf.set_string("pipeline.object-reuse", "true")
     env_conf.set_string("parallelism.default", str(cfg.parallelism))
+    if prom_port:  # reporters are created with the mini-cluster: they go in its configuration
+        for k, v in reporter_settings(prom_port).items():
+            env_conf.set_string(k, v)
     t_env = TableEnvironment.create(
         EnvironmentSettings.new_instance().in_streaming_mode().with_configuration(env_conf).build())
     conf = t_env.get_config()
@@ -172,6 +179,7 @@ def build(cfg: JobConfig, ceiling: bool = False) -> BuiltJob:
 
     t_env.create_java_temporary_system_function("decode_event", "io.streamscore.udf.DecodeEvent")
     t_env.create_java_temporary_system_function(STDDEV_FUNCTION, "io.streamscore.udf.StddevPop")
+    t_env.create_java_temporary_system_function("count_reason", "io.streamscore.udf.CountReason")
     t_env.execute_sql(source_ddl(cfg, spec))
     ev_cols = ", ".join(f"`ev`.`{c}` AS `{c}`" for c in field_names("event"))
     t_env.execute_sql(
@@ -194,9 +202,9 @@ def build(cfg: JobConfig, ceiling: bool = False) -> BuiltJob:
     topic = cfg.events_topic
     stmts.add_insert_sql(
         "INSERT INTO dead_letters_sink"
-        f" SELECT reason, COALESCE(detail, ''), '{topic}', src_partition, src_offset, COALESCE(`raw_value`, x''), 1"
-        " FROM decoded WHERE reason IS NOT NULL"
-        f" UNION ALL SELECT 'late', 'event time at or behind the watermark', '{topic}', src_partition,"
+        f" SELECT count_reason(reason), COALESCE(detail, ''), '{topic}', src_partition, src_offset,"
+        " COALESCE(`raw_value`, x''), 1 FROM decoded WHERE reason IS NOT NULL"
+        f" UNION ALL SELECT count_reason('late'), 'event time at or behind the watermark', '{topic}', src_partition,"
         " src_offset, `raw_value`, 1 FROM decoded WHERE reason IS NULL AND CURRENT_WATERMARK(ts) IS NOT NULL"
         " AND ts <= CURRENT_WATERMARK(ts)")
     snaps = " UNION ALL ".join(

@@ -6,6 +6,7 @@ watcher and the publisher of alerts and metrics) in ``open``."""
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -51,14 +52,19 @@ class ScoreBatch(ScalarFunction):
         self.service: ScoringService | None = None
         self.publisher: Any = None
         self.watcher: Any = None
+        self.metrics: Any = None
 
     def open(self, function_context: FunctionContext) -> None:
+        from jobs.metrics import UdfMetrics
+
+        self.metrics = UdfMetrics(function_context)
         if self.bootstrap and any(self.topics):
             from jobs.model_control import KafkaPublisher
 
-            self.publisher = KafkaPublisher(self.bootstrap, *self.topics)
+            inner: Any = KafkaPublisher(self.bootstrap, *self.topics)
         else:
-            self.publisher = ListPublisher()
+            inner = ListPublisher()
+        self.publisher = GaugingPublisher(inner, self.metrics)
         self.service = ScoringService(self.serving_cfg, self.publisher)
         control_topic = self.topics[2]
         if self.bootstrap and control_topic:
@@ -93,10 +99,19 @@ class ScoreBatch(ScalarFunction):
         shadow = np.full(n, np.nan)
         shadow_name, shadow_version = [""] * n, [""] * n
         rows = np.flatnonzero(kind == "s")
+        metrics = self.metrics
+        metrics.rows_in(n)
         if rows.size:
             x = frame.iloc[rows, N_ID_COLUMNS:N_ID_COLUMNS + self.n_features].to_numpy(dtype=np.float32)
             groups = {a: frame.iloc[rows, 6 + i].astype(str).tolist() for i, a in enumerate(ATTRIBUTE_COLUMNS)}
+            t0 = time.perf_counter()
             out = service.score(users[rows].tolist(), ends[rows].tolist(), x, groups)
+            metrics.batch(int(rows.size), sum(out.arm_latency_ms.values()) or (time.perf_counter() - t0) * 1000)
+            for (ref, arm_name, why), count in Counter(
+                    (f"{m}:{v}", a, r.split(":", 1)[0].split(" ", 1)[0])
+                    for m, v, a, r in zip(out.model_name, out.model_version, out.arm, out.fallback_reason,
+                                          strict=True)).items():
+                metrics.scores(ref, arm_name, why, count)
             score[rows] = out.scores
             for j, r in enumerate(rows.tolist()):
                 name[r], version[r], arm[r], reason[r] = (out.model_name[j], out.model_version[j], out.arm[j],
@@ -110,13 +125,39 @@ class ScoreBatch(ScalarFunction):
         if eval_cfg is not None and n:  # every row carries the clicks of [end - attribution, end)
             service.labels(users.tolist(), (ends - eval_cfg.attribution_ms).tolist(),
                            frame.iloc[:, 5].astype("float64").fillna(0.0).tolist())
+        scored_at = int(time.time() * 1000)
+        if rows.size:  # window close (watermark passed its end) is at best its fire time
+            metrics.latency_ms(scored_at - frame.iloc[rows, 4].astype("int64").to_numpy())
         return pd.DataFrame({
             "row_kind": kind, "user_id": users, "window_start_ms": starts, "window_end_ms": ends, "score": score,
             "model_name": name, "model_version": version, "arm": arm, "fallback_reason": reason,
             "fired_at_ms": frame.iloc[:, 4].astype("int64").to_numpy(),
-            "scored_at_ms": np.full(n, int(time.time() * 1000), dtype=np.int64),
+            "scored_at_ms": np.full(n, scored_at, dtype=np.int64),
             "shadow_score": shadow, "shadow_model_name": shadow_name, "shadow_model_version": shadow_version,
         })
+
+
+class GaugingPublisher:
+    """Forwards everything to ``inner`` and mirrors drift and fairness values into
+    Prometheus gauges (``streamscore_feature_psi_ppm{feature}``,
+    ``streamscore_group_attribute_positive_rate_ratio_ppm{attribute, group}``)."""
+
+    def __init__(self, inner: Any, udf_metrics: Any) -> None:
+        self.inner, self.udf_metrics = inner, udf_metrics
+
+    def __getattr__(self, name: str) -> Any:  # alert, metrics, control, explanations, close
+        return getattr(self.inner, name)
+
+    def monitoring(self, records: list[dict[str, Any]]) -> None:
+        for r in records:
+            for key, value in r["values"].items():
+                stat, _, col = key.partition(".")
+                if r["kind"] == "drift" and stat in ("psi", "ks"):
+                    self.udf_metrics.gauge(stat, {"feature": col}, value)
+                elif r["kind"] == "fairness" and stat in ("positive_rate_ratio", "mean_score_ratio"):
+                    attr, _, group = col.partition("=")
+                    self.udf_metrics.gauge(stat, {"attribute": attr, "group": group}, value)
+        self.inner.monitoring(records)
 
 
 def score_udf(fn: ScoreBatch) -> object:

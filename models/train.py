@@ -181,7 +181,8 @@ def train_and_register(events: Iterable[dict[str, Any]] | Dataset, out_dir: Path
             explainer = {"kind": "lightgbm", "path": erel, "sha256": sha256_file(out_dir / erel)}
         entry = ModelEntry(kind, version, kind, rel, sha256_file(out_dir / rel), tuple(ds.feature_names),
                            spec.version, ds.fingerprint, metrics, stage, registered_at_ms=int(time.time() * 1000),
-                           reference=build_reference(ds.x[tr][steady], train_p[steady], ds.feature_names),
+                           reference=reference_statistics(ds.x[tr][steady], train_p[steady], ds.x[te], holdout_p,
+                                                          ds.feature_names),
                            fairness=FairnessPolicy().to_json(), explainer=explainer)
         entry = replace(entry, latency=measure_latency(OnnxScorer(out_dir / rel, entry), len(ds.feature_names)))
         log(f"[train] {kind}: auc {metrics['auc']:.4f} logloss {metrics['logloss']:.4f} "
@@ -197,6 +198,17 @@ def train_and_register(events: Iterable[dict[str, Any]] | Dataset, out_dir: Path
     for e in entries:
         reg.audit(e.ref, "", e.stage, f"trained by streamscore train on dataset {ds.fingerprint}")
     return manifest
+
+
+def reference_statistics(x_train: np.ndarray, p_train: np.ndarray, x_holdout: np.ndarray, p_holdout: np.ndarray,
+                         names: tuple[str, ...]) -> dict[str, Any]:
+    """Reference statistics of a model: features from its (steady-state) training rows,
+    predicted scores from the holdout (in-sample scores of a tree model are more spread
+    than anything it will serve)."""
+    ref = build_reference(x_train, p_train, names)
+    held = build_reference(x_holdout, p_holdout, names)
+    ref["prediction"], ref["confidence"] = held["prediction"], held["confidence"]
+    return ref
 
 
 def registry_is_current(path: Path, feature_set_version: str) -> bool:

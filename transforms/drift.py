@@ -323,7 +323,10 @@ class DriftMonitor:
     """Streaming drift per monitoring window ``[k * window_ms, (k + 1) * window_ms)`` of
     the rows' ``window_end_ms`` (``update/flush``).
 
-    A window completes when rows of a later window arrive (or on ``flush``); its record
+    A window completes when rows of a window more than ``lag_windows`` later arrive (or
+    on ``flush``); the lag keeps rows that reach the operator out of window order (the
+    job's outer join emits the rows without a click window a little later) in their
+    window. Its record
     is the ``offline_drift`` record of its rows with its bounds and the model. Rows of a
     window that has already completed are late: dropped and counted in ``late_rows``.
     Windows without rows emit nothing. A column breached (any alert) in
@@ -336,9 +339,10 @@ class DriftMonitor:
 
     def __init__(self, reference: dict[str, Any] | None, thresholds: DriftThresholds = DriftThresholds(),
                  window_ms: int = 60_000, model_ref: str = "", sample_size: int = SAMPLE_SIZE,
-                 seed: int = 0) -> None:
-        if window_ms <= 0:
-            raise ValueError("window_ms must be > 0")
+                 seed: int = 0, lag_windows: int = 0) -> None:
+        if window_ms <= 0 or lag_windows < 0:
+            raise ValueError("window_ms must be > 0 and lag_windows >= 0")
+        self.lag_windows = lag_windows
         self.reference: dict[str, Any] = reference or {}
         self.thresholds, self.window_ms, self.model_ref = thresholds, window_ms, model_ref
         self.sample_size, self.seed = sample_size, seed
@@ -367,14 +371,14 @@ class DriftMonitor:
             raise DriftError(f"{ks.size} window ends for {sa.size} rows")
         for k in np.unique(ks).tolist():
             rows = ks == k
-            if self.current is not None and k < self.current:
+            if self.current is not None and k < self.current - self.lag_windows:
                 self.late_rows += int(rows.sum())
                 continue
             if k not in self.open:
                 self.open[k] = DriftWindow(self.reference, self.sample_size, self.seed)
             self.open[k].add(xa[rows], sa[rows])
             self.current = k if self.current is None else max(self.current, k)
-        return self._complete([k for k in self.open if k < (self.current or 0)])
+        return self._complete([k for k in self.open if k < (self.current or 0) - self.lag_windows])
 
     def flush(self) -> list[dict[str, Any]]:
         """Complete the open window(s)."""

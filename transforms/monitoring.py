@@ -35,6 +35,7 @@ class MonitorConfig:
     thresholds: DriftThresholds = field(default_factory=DriftThresholds)
     explain_rate: float = 0.01
     drift_fallback: bool = True
+    lag_windows: int = 1  # a monitoring window completes once rows two windows later arrive
 
     def __post_init__(self) -> None:
         if self.window_ms <= 0 or not 0.0 <= self.explain_rate <= 1.0:
@@ -89,7 +90,7 @@ class ModelMonitors:
         if mon is None:
             entry = self.entry(model)
             mon = self._drift[model] = DriftMonitor(entry.reference if entry else None, self.cfg.thresholds,
-                                                    self.cfg.window_ms, model)
+                                                    self.cfg.window_ms, model, lag_windows=self.cfg.lag_windows)
         severe: str | None = None
         for rec in mon.update(window_end_ms, x, scores):
             severe = self._publish_drift(rec) or severe

@@ -5,12 +5,15 @@ biased scores raises a fairness alert."""
 
 from __future__ import annotations
 
+import os
+import threading
 from collections import Counter
 
 import pytest
 
 from jobs.generator import BASE_TS_MS, TrafficConfig, generate_events
 from jobs.kafka_io import producer, read_topic
+from jobs.metrics import scrape, select, total, unscale
 from tests.integration.conftest import fresh_topics, job_env, run_job
 from transforms.codecs import decode, encode_event
 from transforms.explain import sampled
@@ -22,6 +25,8 @@ MONITOR_MS = 30_000
 SHIFT_AT = BASE_TS_MS + 120_000  # dwell times x4 from here
 END = BASE_TS_MS + 210_000
 EXPLAIN_RATE = 0.02
+PROMETHEUS_PORT = int(os.environ.get("STREAMSCORE_TEST_PROMETHEUS_PORT", "9277"))
+OP = "flink_taskmanager_job_task_operator_"
 DWELL = {n for n in load_spec().model_feature_names if "dwell" in n}
 
 
@@ -37,17 +42,38 @@ def _produce(bootstrap: str, topic: str, events) -> int:
     return n
 
 
-def _run(broker, registry_path, events, **extra):
+def _run(broker, registry_path, events, prometheus_port: int = 0, **extra):
+    """Produce, run the bounded job (scraping its Prometheus endpoint every second while
+    it runs, when a port is given), read every output topic."""
     topics = fresh_topics(broker.bootstrap)
     _produce(broker.bootstrap, topics["events"], events)
-    run_job(job_env(broker.bootstrap, topics, STREAMSCORE_REGISTRY=str(registry_path),
-                    STREAMSCORE_MONITOR_WINDOW_MS=str(MONITOR_MS), **extra))
+    scrapes: list[dict] = []
+    done = threading.Event()
+
+    def scrape_loop() -> None:
+        while not done.is_set():
+            try:
+                scrapes.append(scrape(prometheus_port, timeout_s=2))
+            except OSError:
+                pass
+            done.wait(1.0)
+
+    poller = threading.Thread(target=scrape_loop, daemon=True)
+    if prometheus_port:
+        extra["STREAMSCORE_PROMETHEUS_PORT"] = str(prometheus_port)
+        poller.start()
+    try:
+        run_job(job_env(broker.bootstrap, topics, STREAMSCORE_REGISTRY=str(registry_path),
+                        STREAMSCORE_MONITOR_WINDOW_MS=str(MONITOR_MS), **extra))
+    finally:
+        done.set()
 
     def read(name, schema):
         return [v for _, v, _ in read_topic(broker.bootstrap, topics[name], lambda b: decode(b, schema))]
 
     return {"scores": read("scores", "scored_result"), "alerts": read("alerts", "alert"),
-            "monitoring": read("model-monitoring", "monitoring"), "explanations": read("explanations", "explanation")}
+            "monitoring": read("model-monitoring", "monitoring"), "explanations": read("explanations", "explanation"),
+            "dead_letters": read("dead-letters", "dead_letter"), "scrapes": scrapes}
 
 
 @pytest.fixture(scope="module")
@@ -113,10 +139,11 @@ def test_explanations_appear_at_the_sampled_rate(drifted):
 @pytest.fixture(scope="module")
 def biased(broker, registry_path):
     """Users in latam never have their clicks seen: their scores fall."""
-    cfg = TrafficConfig(seed=12, out_of_order_fraction=0.05)
+    cfg = TrafficConfig(seed=12, out_of_order_fraction=0.05, late_fraction=0.002)
     events = (e for e in generate_events(int(cfg.event_rate_per_s * 120), cfg)
               if not (e["region"] == "latam" and e["event_type"] == "click"))
-    return _run(broker, registry_path, events, STREAMSCORE_EXPLAIN_RATE="0", STREAMSCORE_DRIFT_FALLBACK="false")
+    return _run(broker, registry_path, events, prometheus_port=PROMETHEUS_PORT, STREAMSCORE_EXPLAIN_RATE="0",
+                STREAMSCORE_DRIFT_FALLBACK="false")
 
 
 def test_biased_subgroup_raises_a_fairness_alert(biased):
@@ -127,3 +154,28 @@ def test_biased_subgroup_raises_a_fairness_alert(biased):
     records = [m for m in biased["monitoring"] if m["kind"] == "fairness"]
     assert records and "positive_rate_ratio.region=latam" in records[0]["values"]
     assert not biased["explanations"]
+
+
+def test_prometheus_endpoint_serves_the_listed_metrics(biased):
+    """Scraped while the job ran: counters only grow, so the last scrape is a lower bound
+    of what was produced, and most of it once the final bundles are in."""
+    assert biased["scrapes"], "the Prometheus endpoint never answered"
+    last = biased["scrapes"][-1]
+    names = set(last)
+    scores = [s for s in biased["scores"] if s["arm"] != "shadow"]
+    scored = total(last, OP + "streamscore_model_version_arm_fallback_scores")
+    assert 0.5 * len(scores) <= scored <= len(scores)
+    by_version = {lab["model_version"] for lab, _ in select(last, OP + "streamscore_model_version_arm_fallback_scores")}
+    assert by_version <= {f"{s['model_name']}:{s['model_version']}" for s in scores}
+    late = [d for d in biased["dead_letters"] if d["reason"] == "late"]
+    dead = {lab["reason"]: v for lab, v in select(last, OP + "streamscore_reason_dead_letters")}
+    assert late and 0 < dead.get("late", 0) <= len(late)
+    assert total(last, OP + "streamscore_rows_in") > 0
+    assert total(last, OP + "streamscore_latency_ms_count") > 0 and OP + "streamscore_latency_ms_le_bucket" in names
+    assert total(last, OP + "streamscore_batch_rows_count") > 0 and OP + "streamscore_inference_ms_sum" in names
+    assert any(n.endswith("numRecordsInPerSecond") for n in names) and any(
+        n.endswith("numRecordsOutPerSecond") for n in names)
+    ratios = {lab["group"]: unscale(v) for lab, v in
+              select(last, OP + "streamscore_attribute_group_positive_rate_ratio_ppm", attribute="region")}
+    drift = select(last, OP + "streamscore_feature_psi_ppm")
+    assert drift and ratios and 0 <= min(ratios.values()) <= max(ratios.values()) <= 1.0

@@ -401,3 +401,21 @@ def test_drift_is_a_streamscore_command(capsys: pytest.CaptureFixture[str]) -> N
     with pytest.raises(SystemExit) as exc:
         cli.main(["drift", "--help"])
     assert exc.value.code == 0 and "--shift FEATURE=FACTOR" in capsys.readouterr().out
+
+
+def test_lagged_monitor_keeps_rows_that_arrive_after_the_next_window_began():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(3000, 2))
+    ref = build_reference(x, rng.uniform(size=3000), ["a", "b"])
+    mon = DriftMonitor(ref, DriftThresholds(min_count=10), window_ms=10, model_ref="m", lag_windows=1)
+    s = rng.uniform(size=100)
+    assert mon.update([5] * 50, x[:50], s[:50]) == []
+    assert mon.update([15] * 50, x[50:100], s[:50]) == []  # window 1 starts; window 0 stays open
+    assert mon.update([7] * 20, x[100:120], s[:20]) == []  # a straggler of window 0 is kept
+    out = mon.update([25] * 5, x[120:125], s[:5])  # window 2 starts: window 0 completes
+    assert [(r["window_start_ms"], r["n"]) for r in out] == [(0, 70)] and mon.late_rows == 0
+    eager = DriftMonitor(ref, DriftThresholds(min_count=10), window_ms=10, model_ref="m")
+    eager.update([5] * 50, x[:50], s[:50])
+    assert [r["n"] for r in eager.update([15] * 50, x[50:100], s[:50])] == [50]
+    eager.update([7] * 20, x[100:120], s[:20])
+    assert eager.late_rows == 20

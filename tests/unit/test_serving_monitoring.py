@@ -41,7 +41,8 @@ def with_reference(registry, data, tmp_path_factory):  # noqa: F811
 
 def service(path, explain_rate=0.0, fallback=True):
     cfg = ServingConfig(str(path), "", "", FS, eval=EVAL, feature_names=NAMES,
-                        monitor=MonitorConfig(10_000, DriftThresholds(min_count=50), explain_rate, fallback))
+                        monitor=MonitorConfig(10_000, DriftThresholds(min_count=50), explain_rate, fallback,
+                                              lag_windows=0))
     return ScoringService(cfg, ListPublisher())
 
 
