@@ -49,6 +49,12 @@ class JobSetupError(RuntimeError):
     """The job refuses to start (bad configuration, missing jars, model/spec mismatch)."""
 
 
+def monitor_warmup_ms(spec: FeatureSpec) -> int:
+    """Event time after a cold start until every scoring window is full (drift monitoring
+    skips it; the training reference is steady state)."""
+    return max(spec.group(g).window.size_ms for g in spec.scoring_groups)
+
+
 def check_models(cfg: JobConfig, spec: FeatureSpec) -> None:
     """Refuse to serve a primary model trained on another feature-set version."""
     dep = initial_deployment(Path(cfg.registry_path), cfg.model_name, cfg.fallback_model_name)
@@ -228,7 +234,7 @@ def build(cfg: JobConfig, ceiling: bool = False) -> BuiltJob:
                             cfg.default_score, cfg.latency_budget_ms, eval_cfg,
                             RollbackPolicy(cfg.rollback_min_labels, cfg.rollback_logloss_ratio),
                             MonitorConfig(cfg.monitor_window_ms, cfg.drift_thresholds(), cfg.explain_rate,
-                                          cfg.drift_fallback) if cfg.monitor else None,
+                                          cfg.drift_fallback, warmup_ms=monitor_warmup_ms(spec)) if cfg.monitor else None,
                             tuple(spec.model_feature_names))
     scorer = ScoreBatch(serving, len(spec.model_feature_names), cfg.bootstrap_servers, cfg.alerts_topic,
                         cfg.metrics_topic if eval_cfg is not None else "", cfg.control_topic,

@@ -323,6 +323,10 @@ class DriftMonitor:
     """Streaming drift per monitoring window ``[k * window_ms, (k + 1) * window_ms)`` of
     the rows' ``window_end_ms`` (``update/flush``).
 
+    The monitoring windows within ``warmup_ms`` of the first row's window are skipped
+    (counted in ``warmup_rows``): after a cold start the longest feature windows are
+    still filling, which the training reference (steady state) never saw.
+
     A window completes when rows of a window more than ``lag_windows`` later arrive (or
     on ``flush``); the lag keeps rows that reach the operator out of window order (the
     job's outer join emits the rows without a click window a little later) in their
@@ -339,10 +343,13 @@ class DriftMonitor:
 
     def __init__(self, reference: dict[str, Any] | None, thresholds: DriftThresholds = DriftThresholds(),
                  window_ms: int = 60_000, model_ref: str = "", sample_size: int = SAMPLE_SIZE,
-                 seed: int = 0, lag_windows: int = 0) -> None:
-        if window_ms <= 0 or lag_windows < 0:
-            raise ValueError("window_ms must be > 0 and lag_windows >= 0")
+                 seed: int = 0, lag_windows: int = 0, warmup_ms: int = 0) -> None:
+        if window_ms <= 0 or lag_windows < 0 or warmup_ms < 0:
+            raise ValueError("window_ms must be > 0, lag_windows and warmup_ms >= 0")
         self.lag_windows = lag_windows
+        self.warmup_ms = warmup_ms
+        self.monitored_from: int | None = None  # the first monitoring window past the warm-up
+        self.warmup_rows = 0
         self.reference: dict[str, Any] = reference or {}
         self.thresholds, self.window_ms, self.model_ref = thresholds, window_ms, model_ref
         self.sample_size, self.seed = sample_size, seed
@@ -365,12 +372,19 @@ class DriftMonitor:
                 return []
             self._announced = True
             return [{"kind": "monitoring_disabled", "model": self.model_ref, "reason": self.disabled_reason}]
-        ks = np.asarray(window_end_ms, dtype=np.int64).reshape(-1) // self.window_ms
+        ends = np.asarray(window_end_ms, dtype=np.int64).reshape(-1)
+        ks = ends // self.window_ms
         xa, sa = _check_shapes(x, scores, len(self.reference["feature_names"]))
         if ks.size != sa.size:
             raise DriftError(f"{ks.size} window ends for {sa.size} rows")
+        if self.monitored_from is None and ks.size:
+            first = int(ends.min())
+            self.monitored_from = (first - first % self.window_ms + self.warmup_ms) // self.window_ms
         for k in np.unique(ks).tolist():
             rows = ks == k
+            if self.monitored_from is not None and k < self.monitored_from:
+                self.warmup_rows += int(rows.sum())  # long windows still filling: not what serving looks like
+                continue
             if self.current is not None and k < self.current - self.lag_windows:
                 self.late_rows += int(rows.sum())
                 continue

@@ -36,6 +36,7 @@ class MonitorConfig:
     explain_rate: float = 0.01
     drift_fallback: bool = True
     lag_windows: int = 1  # a monitoring window completes once rows two windows later arrive
+    warmup_ms: int = 0  # monitoring starts this long after the first window (the longest feature window)
 
     def __post_init__(self) -> None:
         if self.window_ms <= 0 or not 0.0 <= self.explain_rate <= 1.0:
@@ -90,11 +91,18 @@ class ModelMonitors:
         if mon is None:
             entry = self.entry(model)
             mon = self._drift[model] = DriftMonitor(entry.reference if entry else None, self.cfg.thresholds,
-                                                    self.cfg.window_ms, model, lag_windows=self.cfg.lag_windows)
+                                                    self.cfg.window_ms, model, lag_windows=self.cfg.lag_windows,
+                                                    warmup_ms=self.cfg.warmup_ms)
         severe: str | None = None
         for rec in mon.update(window_end_ms, x, scores):
             severe = self._publish_drift(rec) or severe
         return severe
+
+    def flush(self) -> None:
+        """Publish the open monitoring windows (at job end; no fallback then)."""
+        for mon in self._drift.values():
+            for rec in mon.flush():
+                self._publish_drift(rec)
 
     def _publish_drift(self, rec: dict[str, Any]) -> str | None:
         pub, now, kind = self.publisher, self._now(), rec["kind"]

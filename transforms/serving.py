@@ -188,6 +188,8 @@ class ScoringService:
     def close(self) -> None:
         if self.evaluator is not None:
             self._emit(self.evaluator.flush())
+        if self.monitors is not None:
+            self.monitors.flush()
 
     def _eval_entries(self, srv: Serving, out: Routed, groups: dict[str, Sequence[str]] | None = None
                       ) -> tuple[list[tuple[Key, np.ndarray, np.ndarray | None]], dict[Key, float]]:

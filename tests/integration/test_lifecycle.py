@@ -65,7 +65,8 @@ def life(broker, registry_path, tmp_path_factory):
                              STREAMSCORE_REGISTRY=str(tmp / "registry" / "registry.json"),
                              STREAMSCORE_FALLBACK_MODEL=refs["mlp"], STREAMSCORE_LATENCY_BUDGET_MS="100",
                              STREAMSCORE_EVAL_WINDOW_MS=str(STEP_MS), STREAMSCORE_EVAL_GRACE_MS=str(STEP_MS),
-                             STREAMSCORE_ROLLBACK_MIN_LABELS="50", STREAMSCORE_ROLLBACK_LOGLOSS_RATIO="1.5")
+                             STREAMSCORE_ROLLBACK_MIN_LABELS="50", STREAMSCORE_ROLLBACK_LOGLOSS_RATIO="1.5",
+                             STREAMSCORE_MONITOR="false")  # this traffic is not the training's: drift is tested apart
     log = open(tmp / "job.log", "w")
     proc = subprocess.Popen(job_runner.job_command("--unbounded"), env=env, cwd=ROOT, stdout=log, stderr=log)
     alerts = Tail(broker.bootstrap, topics["alerts"], lambda v: decode(v, "alert"))

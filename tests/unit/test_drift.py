@@ -419,3 +419,17 @@ def test_lagged_monitor_keeps_rows_that_arrive_after_the_next_window_began():
     assert [r["n"] for r in eager.update([15] * 50, x[50:100], s[:50])] == [50]
     eager.update([7] * 20, x[100:120], s[:20])
     assert eager.late_rows == 20
+
+
+def test_warmup_windows_after_a_cold_start_are_not_monitored():
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(2000, 2))
+    ref = build_reference(x, rng.uniform(size=2000), ["a", "b"])
+    mon = DriftMonitor(ref, DriftThresholds(min_count=10), window_ms=10, model_ref="m", warmup_ms=20)
+    s = rng.uniform(size=50)
+    out = []
+    for end in (3, 13, 23, 33, 43):  # windows 0 and 1 are within 20 ms of the first one
+        out += mon.update([end] * 50, x[:50] + (5.0 if end < 20 else 0.0), s)
+    assert [r["window_start_ms"] for r in out] == [20, 30]
+    assert mon.warmup_rows == 100  # the shifted warm-up rows are in no window
+    assert all(abs(r["features"]["a"]["mean_shift_sd"]) < 1.0 for r in out)
