@@ -13,7 +13,7 @@ import pytest
 
 from jobs.generator import BASE_TS_MS, TrafficConfig, generate_events
 from jobs.kafka_io import producer, read_topic
-from jobs.metrics import scrape, select, total, unscale
+from jobs.prometheus import scrape, select, total, unscale
 from tests.integration.conftest import fresh_topics, job_env, run_job
 from transforms.codecs import decode, encode_event
 from transforms.explain import sampled

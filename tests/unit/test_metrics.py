@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from jobs import metrics as M
+from jobs import prometheus as P
 
 SAMPLE = r'''# HELP flink_taskmanager_job_task_operator_numRecordsIn numRecordsIn (scope: taskmanager_job_task_operator)
 # TYPE flink_taskmanager_job_task_operator_numRecordsIn gauge
@@ -38,7 +39,7 @@ sci{le="+Inf"} 1.5e3
 
 
 def test_parse_text_names_labels_values() -> None:
-    got = M.parse_text(SAMPLE)
+    got = P.parse_text(SAMPLE)
     recs = got["flink_taskmanager_job_task_operator_numRecordsIn"]
     assert len(recs) == 3
     assert recs[1] == ({"job_id": "c3b6", "operator_name": "snk[3]: Writer", "subtask_index": "0"}, 400.0)
@@ -55,20 +56,20 @@ def test_parse_text_names_labels_values() -> None:
 
 
 def test_select_and_total() -> None:
-    got = M.parse_text(SAMPLE)
+    got = P.parse_text(SAMPLE)
     name = M.UDF_PREFIX + "model_version_arm_fallback_scores"
-    assert M.total(got, name) == 1012.0
-    assert M.total(got, name, model_version="3") == 42.0
-    assert M.total(got, name, model_version="3", subtask_index="1") == 12.0
-    assert M.select(got, name, arm="zzz") == []
-    assert M.total(got, "absent") == 0.0
-    assert M.total(got, "flink_taskmanager_job_task_busyTimeMsPerSecond") == 0.0  # NaN ignored
+    assert P.total(got, name) == 1012.0
+    assert P.total(got, name, model_version="3") == 42.0
+    assert P.total(got, name, model_version="3", subtask_index="1") == 12.0
+    assert P.select(got, name, arm="zzz") == []
+    assert P.total(got, "absent") == 0.0
+    assert P.total(got, "flink_taskmanager_job_task_busyTimeMsPerSecond") == 0.0  # NaN ignored
 
 
 @pytest.mark.parametrize("bad", ['x{a="1" 1', 'x{a=1} 2', "x{} ", "{a=\"1\"} 3", 'x{a="1} 2'])
 def test_parse_text_rejects_malformed(bad: str) -> None:
     with pytest.raises(ValueError):
-        M.parse_text(bad)
+        P.parse_text(bad)
 
 
 def test_scrape_over_http() -> None:
@@ -87,13 +88,13 @@ def test_scrape_over_http() -> None:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        got = M.scrape(server.server_address[1], timeout_s=5)
-        assert M.total(got, "flink_taskmanager_job_task_operator_numRecordsIn") == 800.0
+        got = P.scrape(server.server_address[1], timeout_s=5)
+        assert P.total(got, "flink_taskmanager_job_task_operator_numRecordsIn") == 800.0
     finally:
         server.shutdown()
         server.server_close()
     with pytest.raises(OSError):
-        M.scrape(server.server_address[1], timeout_s=1)
+        P.scrape(server.server_address[1], timeout_s=1)
 
 
 # ------------------------------------------------------------------ configuration
@@ -319,7 +320,7 @@ def test_gauge_scaled_per_label_set() -> None:
     m.gauge("huge", {}, 1e300)
     psi = M.UDF_PREFIX + "feature_psi_ppm"
     assert value(reg, psi, feature="amount") == 250_000
-    assert M.unscale(value(reg, psi, feature="amount")) == 0.25
+    assert P.unscale(value(reg, psi, feature="amount")) == 0.25
     assert value(reg, psi, feature="count") == 0
     assert value(reg, psi, feature="nan") == 0
     ratio = M.UDF_PREFIX + "group_segment_disparity_ratio_ppm"
