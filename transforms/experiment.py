@@ -12,7 +12,7 @@ Decision rule of ``compare`` (control vs treatment):
   difference's (Welch-Satterthwaite df) divided by the control mean, whose own, much
   smaller, uncertainty is ignored.
 * guardrails, treatment not worse than control by more than a tolerance: ``|calibration
-  - 1|`` (absolute), batch p99 latency (relative, with a few ms of slack), fallback rate
+  - 1|`` (absolute), batch p99 latency (relative, unless within ``latency_budget_ms``), fallback rate
   (absolute); the estimated ones fail only when the excess over the tolerance is
   significant (one-sided, at ``alpha``); one whose inputs are missing is not evaluated
   (``passed is None``) and fails nothing.
@@ -245,7 +245,7 @@ def _rate_se(rate: float, n: int) -> float:
 
 
 def _guardrails(c: ArmStats, t: ArmStats, cal_tol: float, lat_tol: float, fb_tol: float,
-                lat_slack_ms: float = 5.0, alpha: float = 0.05) -> list[Guardrail]:
+                lat_budget_ms: float = 50.0, alpha: float = 0.05) -> list[Guardrail]:
     """A guardrail fails when the treatment is worse by more than its tolerance; for the
     estimated ones (calibration, fallback rate) only when that excess is significant at
     one-sided ``alpha`` (noise in a small arm is not a regression)."""
@@ -262,21 +262,22 @@ def _guardrails(c: ArmStats, t: ArmStats, cal_tol: float, lat_tol: float, fb_tol
     fb_se = math.hypot(_rate_se(c.fallback_rate, c.n), _rate_se(t.fallback_rate, t.n))
     return [
         rail("calibration", c.calibration, t.calibration, cal_t - cal_c, cal_tol, cal_se),
-        # relative, but a few milliseconds more than a trivially fast control never fails
+        # relative, but a treatment within the latency budget never fails (a better model may
+        # well be slower than a trivial control)
         rail("batch_p99_ms", lat_c, lat_t, _div(lat_t - lat_c, lat_c) if lat_c > 0 else NAN,
-             max(lat_tol, _div(lat_slack_ms, lat_c)) if lat_c > 0 else lat_tol),
+             max(lat_tol, _div(lat_budget_ms - lat_c, lat_c)) if lat_c > 0 else lat_tol),
         rail("fallback_rate", c.fallback_rate, t.fallback_rate, t.fallback_rate - c.fallback_rate, fb_tol, fb_se),
     ]
 
 
 def compare(control: ArmStats, treatment: ArmStats, alpha: float = 0.05, calibration_tolerance: float = 0.1,
             latency_tolerance: float = 0.2, fallback_tolerance: float = 0.01,
-            latency_slack_ms: float = 5.0) -> Comparison:
+            latency_budget_ms: float = 50.0) -> Comparison:
     """Welch test of the mean log loss, guardrails and verdict (see the module doc)."""
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     c, t = control, treatment
-    rails = _guardrails(c, t, calibration_tolerance, latency_tolerance, fallback_tolerance, latency_slack_ms, alpha)
+    rails = _guardrails(c, t, calibration_tolerance, latency_tolerance, fallback_tolerance, latency_budget_ms, alpha)
     notes = [f"guardrail {g.name} not evaluated (missing data)" for g in rails if g.passed is None]
     diff = c.mean_logloss - t.mean_logloss if c.n and t.n else NAN
     lift = _div(diff, c.mean_logloss)

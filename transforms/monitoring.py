@@ -84,7 +84,8 @@ class ModelMonitors:
         return int(self.clock() * 1000)
 
     # -- drift -----------------------------------------------------------------------------
-    def drift(self, model: str, window_end_ms: Sequence[int], x: np.ndarray, scores: np.ndarray) -> str | None:
+    def drift(self, model: str, window_end_ms: Sequence[int] | np.ndarray, x: np.ndarray,
+              scores: np.ndarray) -> str | None:
         """Feed the monitor of ``model``; publish completed windows; the reason to fall
         back when a window's drift is severe."""
         mon = self._drift.get(model)

@@ -174,10 +174,13 @@ class ScoringService:
         if monitors is None:
             return
         dep = srv.deployment
-        if dep.arms:
-            severe = monitors.drift(dep.arms[0].model, window_end_ms, x, out.scores)
-            if severe and not self.serving.deployment.rolled_back and dep.fallback \
-                    and dep.fallback != dep.arms[0].model:
+        ends = np.asarray(window_end_ms)
+        for i, arm in enumerate(dep.arms):  # each arm's model against its own reference, on its rows
+            rows = np.flatnonzero(out.arm_index == i)
+            if rows.size == 0:
+                continue
+            severe = monitors.drift(arm.model, ends[rows], x[rows], out.scores[rows])
+            if severe and not self.serving.deployment.rolled_back and dep.fallback and dep.fallback != arm.model:
                 self.rollback(severe, source="drift")
         monitors.explain(srv, out, user_ids, window_end_ms, x)
 
