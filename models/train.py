@@ -170,7 +170,7 @@ def train_and_register(events: Iterable[dict[str, Any]] | Dataset, out_dir: Path
 
     for kind, stage in (("gbdt", "active"), ("mlp", "fallback"), ("prior", "candidate")):
         t1 = time.monotonic()
-        onx, holdout_p, train_p, native = fit(kind)
+        onx, holdout_p, _, native = fit(kind)
         rel = f"artifacts/{kind}-{version}.onnx"
         (out_dir / rel).write_bytes(onx)
         metrics = offline_metrics(ds.y[te], holdout_p)
@@ -181,9 +181,11 @@ def train_and_register(events: Iterable[dict[str, Any]] | Dataset, out_dir: Path
             explainer = {"kind": "lightgbm", "path": erel, "sha256": sha256_file(out_dir / erel)}
         entry = ModelEntry(kind, version, kind, rel, sha256_file(out_dir / rel), tuple(ds.feature_names),
                            spec.version, ds.fingerprint, metrics, stage, registered_at_ms=int(time.time() * 1000),
-                           reference=reference_statistics(ds.x[tr][steady], train_p[steady], ds.x[te], holdout_p,
-                                                          ds.feature_names),
                            fairness=FairnessPolicy().to_json(), explainer=explainer)
+        served = OnnxScorer(out_dir / rel, entry)  # reference scores as serving computes them (float32 ONNX)
+        entry = replace(entry, reference=reference_statistics(
+            ds.x[tr][steady], served.predict(ds.x[tr][steady]), ds.x[te], served.predict(ds.x[te]),
+            ds.feature_names))
         entry = replace(entry, latency=measure_latency(OnnxScorer(out_dir / rel, entry), len(ds.feature_names)))
         log(f"[train] {kind}: auc {metrics['auc']:.4f} logloss {metrics['logloss']:.4f} "
             f"p99 {entry.latency['p99_ms']:.2f} ms/{entry.latency['batch_rows']:.0f} rows "
