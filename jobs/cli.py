@@ -17,6 +17,7 @@ COMMANDS = {
     "bench": ("jobs.bench", "throughput and latency vs the bare-SQL ceiling and a plain-Python peer"),
     "control": ("jobs.model_control", "send a model-control command (activate, experiment, shadow, rollback)"),
     "backfill": ("jobs.backfill", "point-in-time training dataset from Avro or Kafka offsets (Beam)"),
+    "explain": ("jobs.explain", "global feature importance (sensitivity, TreeSHAP) and ablation of a model"),
     "experiment": ("jobs.experiment", "online experiment report: lift, confidence interval, significance, verdict"),
     "drift": ("jobs.drift", "offline drift of a dataset against a model's training reference"),
     "report": ("jobs.report", "one self-contained HTML page: throughput, latency, drift, score distributions, fairness, alerts"),

@@ -64,13 +64,13 @@ def deploy_experiment(bootstrap: str, name: str) -> None:
 
 
 def experiment_summary(bootstrap: str) -> dict[str, Any]:
-    from jobs.experiment import fetch_records, render_html
+    from jobs.experiment import fetch_records, group_fairness, render_html
     from jobs.paths import ROOT
     from transforms.experiment import ExperimentError, report
 
     records = fetch_records(bootstrap, "model-metrics", 60.0)
     try:
-        rep = report(records, control_arm="control")
+        rep = report(records, control_arm="control", fairness_records=group_fairness(records))
     except ExperimentError as exc:
         return {"error": str(exc), "records": len(records)}
     html = ROOT / "bench" / "out" / "experiment.html"

@@ -183,6 +183,15 @@ def render_html(rep: ExperimentReport, path: Path) -> None:
     path.write_text("\n".join(parts))
 
 
+def group_fairness(records: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """Fairness rows (per window, attribute and group) from ``role = group`` metrics, or
+    None when there are none."""
+    from transforms.fairness import FairnessPolicy, disparities
+
+    rows = disparities(records, FairnessPolicy())
+    return rows or None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="streamscore experiment", description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -220,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"experiment: no model-metrics records found in {source}", file=sys.stderr)
         return 2
     try:
+        if fairness is None:  # the job's own subgroup rows (role = group) of the same topic
+            fairness = group_fairness(records)
         rep = report(records, control_arm=args.control, alpha=args.alpha, fairness_records=fairness)
     except ExperimentError as exc:
         print(f"experiment: {exc}", file=sys.stderr)
