@@ -85,7 +85,11 @@ class ScoreBatch(ScalarFunction):
         if self.publisher is not None and hasattr(self.publisher, "close"):
             self.publisher.close()
 
-    def eval(self, frame: pd.DataFrame) -> pd.DataFrame:
+    def eval(self, *columns: pd.DataFrame | pd.Series) -> pd.DataFrame:
+        # Table.map hands over one DataFrame, or one Series per column when the planner has
+        # merged the projection before it into the Python operator
+        frame = columns[0] if len(columns) == 1 and isinstance(columns[0], pd.DataFrame) else \
+            pd.concat([pd.Series(c).reset_index(drop=True) for c in columns], axis=1)
         service = self.service
         if service is None:
             raise RuntimeError("ScoreBatch.open was not called")

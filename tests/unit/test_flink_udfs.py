@@ -60,3 +60,14 @@ def test_gauging_publisher_mirrors_drift_and_fairness_values():
     pub.metrics([{"x": 1}])
     assert seen == [("psi", {"feature": "a"}, 0.2), ("positive_rate_ratio", {"attribute": "region", "group": "eu"}, 0.9)]
     assert len(inner.monitored) == 2 and inner.records == [{"x": 1}]
+
+
+def test_eval_takes_one_series_per_column_too(registry, data):  # noqa: F811
+    x, _ = data
+    fn = ScoreBatch(ServingConfig(str(registry), "", "", FS), N_FEATURES)
+    fn.open(NoMetrics())
+    df = frame(x, ["s", "s", "s"])
+    whole = fn.eval(df)
+    split = fn.eval(*[df[c] for c in df.columns])
+    fn.close()
+    assert split["score"].tolist() == whole["score"].tolist() and split["model_name"].tolist() == ["gbdt"] * 3
