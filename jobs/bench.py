@@ -34,7 +34,7 @@ import numpy as np
 
 from jobs import kafka_local
 from jobs.generator import TrafficConfig, generate_events
-from jobs.job_runner import fresh_topics, job_command, job_env
+from jobs.job_runner import fresh_topics, job_command, job_env, stop_job
 from jobs.kafka_io import produce_events, read_topic
 from jobs.outputs import read_outputs
 from jobs.paths import REGISTRY, ROOT
@@ -95,11 +95,7 @@ def _latency_phase(bootstrap: str, broker_pid: int, rate: float, seconds: float,
         produce_events(bootstrap, topics["events"], _paced(events, offset), total=n, progress=False)
         time.sleep(3 + spec_delay_ms / 1000)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_job(proc)
     scores = read_topic(bootstrap, topics["scores"], lambda v: decode(v, "scored_result"))
     if not scores:
         return {"p50_ms": None, "p99_ms": None, "max_ms": None, "latency_scores": 0}

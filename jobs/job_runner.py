@@ -48,6 +48,15 @@ def job_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "jobs.flink_job", *args]
 
 
+def stop_job(proc: subprocess.Popen, grace_s: float = 30) -> None:
+    """Terminate a job subprocess, killing it when it does not end within ``grace_s``."""
+    proc.terminate()
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def run_job(env: dict[str, str], *args: str, timeout_s: float = 900) -> dict[str, Any]:
     """``python -m jobs.flink_job`` on the embedded mini-cluster; its JSON summary line."""
     res = subprocess.run(job_command(*args), env=env, cwd=ROOT, text=True, capture_output=True, timeout=timeout_s)

@@ -13,6 +13,7 @@ from collections import Counter, defaultdict
 import pytest
 
 from jobs import job_runner
+from jobs.job_runner import stop_job
 from jobs.kafka_io import producer, read_topic
 from jobs.model_control import send_command
 from jobs.paths import REGISTRY, ROOT
@@ -115,11 +116,7 @@ def life(broker, registry_path, tmp_path_factory):
         time.sleep(5.0)  # the online metrics of the last windows
         alive()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_job(proc)
         log.close()
     scores.poll()
     alerts.poll()
