@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from jobs.paths import REGISTRY
+from jobs.paths import CACHE, REGISTRY
 from transforms.codecs import ValidationLimits
 from transforms.drift import DriftThresholds
 
@@ -94,8 +94,26 @@ class JobConfig:
     arrow_batch_size: int = 2_000
     # STREAMSCORE_BUFFER_TIMEOUT_MS: network buffer flush interval
     buffer_timeout_ms: int = 10
-    # STREAMSCORE_CHECKPOINT_MS: checkpoint interval, 0 disables checkpointing
-    checkpoint_interval_ms: int = 0
+    # STREAMSCORE_CHECKPOINT_MS: checkpoint interval; 0 disables checkpointing (only with
+    # at-least-once delivery). Exactly-once output becomes visible at each checkpoint.
+    checkpoint_interval_ms: int = 5_000
+    # STREAMSCORE_DELIVERY: exactly-once (transactional Kafka sinks committed on checkpoints;
+    # readers use isolation.level=read_committed) or at-least-once
+    delivery: str = "exactly-once"
+    # STREAMSCORE_TXN_TIMEOUT_MS: producer transaction timeout of exactly-once sinks (at most
+    # the broker's transaction.max.timeout.ms, 15 min by default)
+    transaction_timeout_ms: int = 600_000
+    # STREAMSCORE_STATE_BACKEND: rocksdb (large keyed state, incremental checkpoints) or hashmap
+    state_backend: str = "rocksdb"
+    # STREAMSCORE_CHECKPOINT_DIR: where checkpoints are kept, retained on cancel and failure
+    # (empty: .cache/checkpoints)
+    checkpoint_dir: str = ""
+    # STREAMSCORE_RESTORE_FROM: a checkpoint or savepoint folder to start from (empty: fresh)
+    restore_from: str = ""
+    # STREAMSCORE_RESTART_ATTEMPTS / STREAMSCORE_RESTART_DELAY_MS: in-job restarts from the
+    # last checkpoint after a failure (broker outage, lost TaskManager) before the job fails
+    restart_attempts: int = 20
+    restart_delay_ms: int = 2_000
     # STREAMSCORE_SINK_LINGER_MS: Kafka producer linger of the sinks
     sink_linger_ms: int = 5
     # STREAMSCORE_WATERMARK_EMIT: on-event (a watermark after every record: deterministic
@@ -118,6 +136,14 @@ class JobConfig:
             raise ValueError("need 1 <= arrow_batch_size <= bundle_size")
         if self.bundle_time_ms < 1 or self.buffer_timeout_ms < 0 or self.checkpoint_interval_ms < 0:
             raise ValueError("bundle_time_ms must be >= 1; buffer and checkpoint intervals >= 0")
+        if self.delivery not in ("exactly-once", "at-least-once"):
+            raise ValueError("delivery must be exactly-once or at-least-once")
+        if self.delivery == "exactly-once" and self.checkpoint_interval_ms == 0:
+            raise ValueError("exactly-once delivery commits on checkpoints: checkpoint_interval_ms must be > 0")
+        if self.state_backend not in ("rocksdb", "hashmap"):
+            raise ValueError("state_backend must be rocksdb or hashmap")
+        if self.transaction_timeout_ms < 1_000 or self.restart_attempts < 0 or self.restart_delay_ms < 0:
+            raise ValueError("transaction_timeout_ms must be >= 1000, restart settings >= 0")
         if self.watermark_emit not in ("on-event", "on-periodic"):
             raise ValueError("watermark_emit must be on-event or on-periodic")
         if self.watermark_interval_ms < 1:
@@ -158,7 +184,10 @@ class JobConfig:
             "psi_warn": "PSI_WARN", "psi_severe": "PSI_SEVERE", "ks_warn": "KS_WARN", "ks_severe": "KS_SEVERE",
             "drift_min_count": "DRIFT_MIN_COUNT", "retrain_after_windows": "RETRAIN_AFTER_WINDOWS",
             "drift_fallback": "DRIFT_FALLBACK", "explain_rate": "EXPLAIN_RATE",
-            "serving_threshold": "SERVING_THRESHOLD",
+            "serving_threshold": "SERVING_THRESHOLD", "delivery": "DELIVERY",
+            "transaction_timeout_ms": "TXN_TIMEOUT_MS", "state_backend": "STATE_BACKEND",
+            "checkpoint_dir": "CHECKPOINT_DIR", "restore_from": "RESTORE_FROM",
+            "restart_attempts": "RESTART_ATTEMPTS", "restart_delay_ms": "RESTART_DELAY_MS",
         }
         types = {f.name: f.type for f in fields(cls)}
         kw: dict[str, object] = {}
@@ -181,6 +210,16 @@ class JobConfig:
         return DriftThresholds(psi_warn=self.psi_warn, psi_severe=self.psi_severe, ks_warn=self.ks_warn,
                                ks_severe=self.ks_severe, min_count=self.drift_min_count,
                                retrain_after_windows=self.retrain_after_windows)
+
+    def checkpoint_uri(self) -> str:
+        """The checkpoint folder as a file URI."""
+        d = Path(self.checkpoint_dir) if self.checkpoint_dir else CACHE / "checkpoints"
+        return d.resolve().as_uri()
+
+    def transactional_id_prefix(self, sink: str) -> str:
+        """Stable across restarts of one job (its consumer group), distinct per sink and job,
+        so a restarted job aborts its own lingering transactions and fences no other job."""
+        return f"streamscore-{self.group_id}-{sink}"
 
     def spec_file(self) -> Path | None:
         return Path(self.spec_path) if self.spec_path else None

@@ -71,19 +71,47 @@ def check_models(cfg: JobConfig, spec: FeatureSpec) -> None:
             f"but the running spec is {spec.version}; retrain (`streamscore train`) or run the matching spec")
 
 
+def _delivery_options(cfg: JobConfig, name: str) -> str:
+    """Sink delivery: exactly-once writes each checkpoint's records in one Kafka transaction
+    (committed when the checkpoint completes); at-least-once flushes on checkpoints."""
+    if cfg.delivery == "exactly-once":
+        return (f"'sink.delivery-guarantee'='exactly-once', "
+                f"'sink.transactional-id-prefix'='{cfg.transactional_id_prefix(name)}', "
+                f"'properties.transaction.timeout.ms'='{cfg.transaction_timeout_ms}', ")
+    return "'sink.delivery-guarantee'='at-least-once', "
+
+
 def _kafka_sink(name: str, topic: str, schema: str, key_col: str, cfg: JobConfig) -> str:
-    return (
-        f"CREATE TEMPORARY TABLE {name} (`kafka_key` STRING NOT NULL, {columns_ddl(schema)}) WITH ("
-        f"'connector'='kafka', 'topic'='{topic}', 'properties.bootstrap.servers'='{cfg.bootstrap_servers}', "
-        f"'key.format'='raw', 'key.fields'='kafka_key', 'value.format'='avro', "
-        f"'value.fields-include'='EXCEPT_KEY', 'sink.delivery-guarantee'='at-least-once', "
-        f"'properties.linger.ms'='{cfg.sink_linger_ms}', 'properties.compression.type'='lz4')"
-    ) if key_col else (
-        f"CREATE TEMPORARY TABLE {name} ({columns_ddl(schema)}) WITH ("
-        f"'connector'='kafka', 'topic'='{topic}', 'properties.bootstrap.servers'='{cfg.bootstrap_servers}', "
-        f"'format'='avro', 'sink.delivery-guarantee'='at-least-once', "
-        f"'properties.linger.ms'='{cfg.sink_linger_ms}')"
-    )
+    common = (f"'connector'='kafka', 'topic'='{topic}', 'properties.bootstrap.servers'='{cfg.bootstrap_servers}', "
+              f"{_delivery_options(cfg, name)}'properties.linger.ms'='{cfg.sink_linger_ms}'")
+    if key_col:
+        return (f"CREATE TEMPORARY TABLE {name} (`kafka_key` STRING NOT NULL, {columns_ddl(schema)}) WITH ("
+                f"{common}, 'key.format'='raw', 'key.fields'='kafka_key', 'value.format'='avro', "
+                "'value.fields-include'='EXCEPT_KEY', 'properties.compression.type'='lz4')")
+    return f"CREATE TEMPORARY TABLE {name} ({columns_ddl(schema)}) WITH ({common}, 'format'='avro')"
+
+
+def checkpoint_settings(cfg: JobConfig) -> dict[str, str]:
+    """Checkpointing, state backend, retention, restart strategy and restore path: set on
+    the environment's configuration when it is created."""
+    out = {
+        "state.backend.type": cfg.state_backend,
+        "execution.checkpointing.dir": cfg.checkpoint_uri(),
+        "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
+        "execution.checkpointing.mode": "EXACTLY_ONCE",
+        "restart-strategy.type": "fixed-delay",
+        "restart-strategy.fixed-delay.attempts": str(cfg.restart_attempts),
+        "restart-strategy.fixed-delay.delay": f"{cfg.restart_delay_ms} ms",
+        # operator uids from the plan's node ids, so state maps back after an upgrade or rescale
+        "table.exec.uid.generation": "ALWAYS",
+    }
+    if cfg.state_backend == "rocksdb":
+        out["execution.checkpointing.incremental"] = "true"
+    if cfg.checkpoint_interval_ms:
+        out["execution.checkpointing.interval"] = f"{cfg.checkpoint_interval_ms} ms"
+    if cfg.restore_from:
+        out["execution.state-recovery.path"] = cfg.restore_from
+    return out
 
 
 def decode_call(cfg: JobConfig, writer_version: int = 1, reader_version: int = 1) -> str:
@@ -106,7 +134,7 @@ def source_ddl(cfg: JobConfig, spec: FeatureSpec) -> str:
         ") WITH ("
         f"'connector'='kafka', 'topic'='{cfg.events_topic}', "
         f"'properties.bootstrap.servers'='{cfg.bootstrap_servers}', 'properties.group.id'='{cfg.group_id}', "
-        f"'scan.startup.mode'='earliest-offset', {bounded}'format'='raw', "
+        f"'scan.startup.mode'='earliest-offset', {bounded}'format'='raw', 'properties.isolation.level'='read_committed', "
         f"'scan.watermark.emit.strategy'='{cfg.watermark_emit}', "
         f"'scan.watermark.idle-timeout'='{cfg.source_idle_ms} ms', "
         "'properties.fetch.max.bytes'='52428800', 'properties.max.partition.fetch.bytes'='10485760')"
@@ -157,6 +185,8 @@ def build(cfg: JobConfig, ceiling: bool = False) -> BuiltJob:
     env_conf = Configuration()  # execution settings must be known when the environment is made
     env_conf.set_string("pipeline.object-reuse", "true")
     env_conf.set_string("parallelism.default", str(cfg.parallelism))
+    for k, v in checkpoint_settings(cfg).items():  # the ceiling too: same engine settings
+        env_conf.set_string(k, v)
     if prom_port:  # reporters are created with the mini-cluster: they go in its configuration
         for k, v in reporter_settings(prom_port).items():
             env_conf.set_string(k, v)
@@ -178,8 +208,7 @@ def build(cfg: JobConfig, ceiling: bool = False) -> BuiltJob:
         "table.exec.source.idle-timeout": f"{cfg.source_idle_ms} ms",
         "pipeline.auto-watermark-interval": f"{cfg.watermark_interval_ms} ms",
     }
-    if cfg.checkpoint_interval_ms:
-        settings["execution.checkpointing.interval"] = f"{cfg.checkpoint_interval_ms} ms"
+    settings.update(checkpoint_settings(cfg))
     for k, v in settings.items():
         conf.set(k, v)
 
