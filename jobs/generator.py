@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from transforms.codecs import encode_event
+from transforms.codecs import SCHEMA_VERSION_HEADER, encode_event
 
 DEVICES = ("mobile", "desktop", "tablet")
 DEVICE_P = (0.6, 0.3, 0.1)
@@ -171,7 +171,49 @@ def generate_events(n_events: int, cfg: TrafficConfig = TrafficConfig()) -> Iter
 
 
 MALFORMED_KINDS = ("random_bytes", "truncated", "empty", "nan_dwell", "inf_dwell", "negative_ts",
-                   "far_future_ts", "empty_user", "huge_key", "trailing_bytes")
+                   "far_future_ts", "empty_user", "huge_key", "trailing_bytes", "wrong_types",
+                   "incompatible_schema", "v2_without_header")
+# bad records that need a schema-version header (``malformed_message``)
+HEADER_KINDS = ("unknown_version", "garbled_version", "v1_with_v2_header", "v2_negative_ts", "v2_huge_key",
+                "v2_nan_dwell")
+ITEM_CATEGORIES = ("news", "sport", "music", "video", "shop")
+
+
+def as_v2(event: dict[str, Any]) -> dict[str, Any]:
+    """The event as an event.v2 record: item_category from the item id, null for every fifth item."""
+    digits = "".join(ch for ch in event["item_id"] if ch.isdigit())
+    n = int(digits) if digits else len(event["item_id"])
+    return {**event, "item_category": None if n % 5 == 4 else ITEM_CATEGORIES[n % len(ITEM_CATEGORIES)]}
+
+
+def v2_headers(version: bytes = b"2") -> list[tuple[str, bytes]]:
+    return [(SCHEMA_VERSION_HEADER, version)]
+
+
+# written with schemas the job must not read: the wrong field type, and an enum with a
+# symbol v1 does not have (a removed symbol the writer still uses)
+_WRONG_TYPES_SCHEMA = {
+    "type": "record", "name": "InteractionEvent", "namespace": "io.streamscore.v1",
+    "fields": [{"name": "event_id", "type": "string"}, {"name": "user_id", "type": "string"},
+               {"name": "item_id", "type": "string"}, {"name": "ts_ms", "type": "string"}],
+}
+_INCOMPATIBLE_SCHEMA = {
+    "type": "record", "name": "InteractionEvent", "namespace": "io.streamscore.v1",
+    "fields": [{"name": "event_id", "type": "string"}, {"name": "user_id", "type": "string"},
+               {"name": "item_id", "type": "string"}, {"name": "ts_ms", "type": "long"},
+               {"name": "event_type", "type": {"type": "enum", "name": "EventType",
+                                               "symbols": ["impression", "click", "dwell", "share"]}}],
+}
+
+
+def _encode_with(schema: dict[str, Any], record: dict[str, Any]) -> bytes:
+    import io
+
+    import fastavro
+
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, fastavro.parse_schema(schema), record)
+    return buf.getvalue()
 
 
 def malformed_record(kind: str, rng: random.Random, good: dict[str, Any]) -> bytes:
@@ -185,6 +227,12 @@ def malformed_record(kind: str, rng: random.Random, good: dict[str, Any]) -> byt
         return raw[: rng.randint(1, len(raw) - 2)]
     if kind == "trailing_bytes":
         return encode_event(good) + b"\x00\x01"
+    if kind == "wrong_types":  # ts_ms as an ISO string: its first character is no enum index
+        return _encode_with(_WRONG_TYPES_SCHEMA, {**good, "ts_ms": "2026-01-01T00:00:00Z"})
+    if kind == "incompatible_schema":  # enum symbol 3 ("share") is not in v1
+        return _encode_with(_INCOMPATIBLE_SCHEMA, {**good, "event_type": "share"})
+    if kind == "v2_without_header":  # read as v1: item_category is trailing bytes
+        return encode_event(as_v2(good), 2)
     bad = dict(good)
     if kind == "nan_dwell":
         bad["dwell_ms"] = float("nan")
@@ -203,9 +251,34 @@ def malformed_record(kind: str, rng: random.Random, good: dict[str, Any]) -> byt
     return encode_event(bad)
 
 
+GARBLED_VERSIONS = (b"", b"v2", b"\xff\xfe", b"02", b"0", b"-1", b" 2", b"1234567890", b"2.0")
+
+
+def malformed_message(kind: str, rng: random.Random, good: dict[str, Any]) -> tuple[bytes, list[tuple[str, bytes]] | None]:
+    """One bad Kafka message of any kind in ``MALFORMED_KINDS + HEADER_KINDS``: value and headers."""
+    if kind in MALFORMED_KINDS:
+        return malformed_record(kind, rng, good), None
+    if kind == "unknown_version":
+        return encode_event(good), v2_headers(str(rng.choice((3, 9, 10, 123_456_789))).encode())
+    if kind == "garbled_version":
+        return encode_event(good), v2_headers(rng.choice(GARBLED_VERSIONS))
+    if kind == "v1_with_v2_header":  # v2 reads one field past the end of a v1 record
+        return encode_event(good), v2_headers()
+    if kind == "v2_negative_ts":
+        return encode_event({**as_v2(good), "ts_ms": -rng.randint(1, 10**12)}, 2), v2_headers()
+    if kind == "v2_huge_key":
+        return encode_event({**as_v2(good), "item_id": "i" * rng.randint(257, 5_000)}, 2), v2_headers()
+    if kind == "v2_nan_dwell":
+        return encode_event({**as_v2(good), "dwell_ms": float("nan")}, 2), v2_headers()
+    raise ValueError(f"unknown malformed kind {kind!r}")
+
+
 EXPECTED_REASON = {
     "random_bytes": "undecodable", "truncated": "undecodable", "empty": "undecodable",
     "trailing_bytes": "undecodable", "nan_dwell": "invalid_dwell", "inf_dwell": "invalid_dwell",
     "negative_ts": "invalid_timestamp", "far_future_ts": "invalid_timestamp", "empty_user": "invalid_key",
-    "huge_key": "invalid_key",
+    "huge_key": "invalid_key", "wrong_types": "undecodable", "incompatible_schema": "undecodable",
+    "v2_without_header": "undecodable", "unknown_version": "unknown_schema_version",
+    "garbled_version": "unknown_schema_version", "v1_with_v2_header": "undecodable",
+    "v2_negative_ts": "invalid_timestamp", "v2_huge_key": "invalid_key", "v2_nan_dwell": "invalid_dwell",
 }

@@ -4,6 +4,17 @@ The Flink job decodes events in the JVM (``io.streamscore.udf.DecodeEvent``); th
 is the Python twin used by the generator, the Beam pipelines, the plain-Python peer and
 the readers. Both apply the same rules, which tests check on the same bad records.
 
+Schema evolution: an event's writer schema is ``schemas/event.v<N>.avsc``, named by the
+Kafka header ``schema-version`` (ASCII decimal, e.g. ``b"2"``; absent = 1). The job reads
+every writer with the newest event schema by Avro resolution; ``schema_compat`` proves at
+start that it can. A header that is not a decimal version, or names a version with no
+schema file, dead-letters the record as ``unknown_schema_version`` (checked before the
+value is decoded).
+
+Duplicates: event_id is not a deduplication key. The job does not deduplicate; each copy
+of a repeated event_id is processed as its own event (counted in every feature). Producers
+that need exactly-once counts must not resend.
+
 >>> raw = encode_event(make_event("e1", "u1", "i1", 1000, "click"))
 >>> decode_event(raw)["user_id"]
 'u1'
@@ -26,6 +37,8 @@ import fastavro
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 EVENT_TYPES = ("impression", "click", "dwell")
+SCHEMA_VERSION_HEADER = "schema-version"  # Kafka header naming the event's writer schema version
+MAX_VERSION_DIGITS = 9
 
 
 class DeadLetterReason(enum.StrEnum):
@@ -36,6 +49,7 @@ class DeadLetterReason(enum.StrEnum):
     INVALID_TIMESTAMP = "invalid_timestamp"  # ts_ms outside the configured bounds
     INVALID_DWELL = "invalid_dwell"  # NaN, infinite or negative dwell_ms
     LATE = "late"  # event time at or behind the watermark when it arrived
+    UNKNOWN_SCHEMA_VERSION = "unknown_schema_version"  # schema-version header garbled or of no known schema
 
 
 class CodecError(ValueError):
@@ -75,6 +89,53 @@ def schema_json(name: str, version: int = 1) -> str:
 @cache
 def parsed_schema(name: str, version: int = 1) -> Any:
     return fastavro.parse_schema(json.loads(schema_path(name, version).read_text()))
+
+
+def schema_versions(name: str, schema_dir: Path | None = None) -> tuple[int, ...]:
+    """The versions N of every ``<name>.vN.avsc`` in the schemas folder, ascending."""
+    out = []
+    for path in (schema_dir or SCHEMA_DIR).glob(f"{name}.v*.avsc"):
+        tail = path.name[len(name) + 2:-len(".avsc")]
+        if tail.isdigit() and not tail.startswith("0"):
+            out.append(int(tail))
+    return tuple(sorted(out))
+
+
+@cache
+def known_versions(name: str) -> tuple[int, ...]:
+    """``schema_versions`` of the project's schemas folder, read once per process."""
+    return schema_versions(name)
+
+
+def latest_version(name: str) -> int:
+    """The newest schema version of ``name`` (the job's reader schema for events)."""
+    versions = known_versions(name)
+    if not versions:
+        raise FileNotFoundError(f"no schema {name}.v*.avsc in {SCHEMA_DIR}")
+    return versions[-1]
+
+
+def parse_schema_version(header: bytes | None) -> int | None:
+    """The writer version named by a ``schema-version`` header value: absent (None) is 1;
+    1 to 9 ASCII digits without a leading zero give that number; anything else is None."""
+    if header is None:
+        return 1
+    if not 0 < len(header) <= MAX_VERSION_DIGITS or header[:1] == b"0" or not all(0x30 <= b <= 0x39 for b in header):
+        return None
+    return int(header)
+
+
+def header_schema_version(headers: Any) -> int | None:
+    """``parse_schema_version`` of a Kafka message's headers (confluent-kafka's list of
+    ``(key, value)`` pairs, a dict, or None); of repeated keys the last wins, as in the job."""
+    if not headers:
+        return 1
+    pairs = headers.items() if isinstance(headers, dict) else headers
+    value = None
+    for key, val in pairs:
+        if key == SCHEMA_VERSION_HEADER:
+            value = val
+    return parse_schema_version(value)
 
 
 def make_event(
@@ -152,13 +213,30 @@ def validate_event(event: dict[str, Any], limits: ValidationLimits = ValidationL
 
 
 def try_decode_event(
-    raw: bytes | None, limits: ValidationLimits = ValidationLimits(), version: int = 1
+    raw: bytes | None,
+    limits: ValidationLimits = ValidationLimits(),
+    version: int | None = 1,
+    reader_version: int | None = None,
 ) -> tuple[dict[str, Any] | None, str | None, str | None]:
-    """Decode and validate: ``(event, None, None)`` or ``(None, reason, detail)``."""
+    """Decode and validate: ``(event, None, None)`` or ``(None, reason, detail)``.
+
+    ``version`` is the writer version (``header_schema_version`` of the message; None for a
+    garbled header). ``reader_version`` reads by Avro resolution, as the job does with the
+    newest; None reads with the writer schema itself, which gives the same reason for every
+    writer that ``schema_compat`` admits."""
+    known = known_versions("event")
+    if version is None:
+        return None, DeadLetterReason.UNKNOWN_SCHEMA_VERSION.value, "schema-version header is not a decimal version"
+    if version not in known:
+        return (None, DeadLetterReason.UNKNOWN_SCHEMA_VERSION.value,
+                f"schema-version {version} is not a known event schema (known: {', '.join(map(str, known))})")
     if not raw:
         return None, DeadLetterReason.UNDECODABLE.value, "empty value"
     try:
-        event = decode_event(raw, version)
+        rec = decode(raw, "event", version, reader_version)
+        if not isinstance(rec, dict):
+            raise CodecError("event is not a record")
+        event: dict[str, Any] = rec
     except CodecError as exc:
         return None, DeadLetterReason.UNDECODABLE.value, str(exc)
     problem = validate_event(event, limits)
