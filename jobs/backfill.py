@@ -61,9 +61,11 @@ def read_kafka_range(bootstrap: str, topic: str, start: int, end: int, *, partit
         from confluent_kafka import Consumer
 
         factory = Consumer
-    c = factory({"bootstrap.servers": bootstrap, "group.id": f"streamscore-backfill-{time.time_ns()}",
-                 "enable.auto.commit": False, "auto.offset.reset": "earliest", "log_level": 3,
-                 "isolation.level": "read_committed"})
+    from jobs.kafka_security import client_conf
+
+    c = factory(client_conf(bootstrap, {"group.id": f"streamscore-backfill-{time.time_ns()}",
+                                        "enable.auto.commit": False, "auto.offset.reset": "earliest", "log_level": 3,
+                                        "isolation.level": "read_committed"}))
     per_part: dict[int, list[tuple[int, int, bytes | None]]] = {}
     try:
         md = c.list_topics(topic, timeout=10)

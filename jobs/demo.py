@@ -28,7 +28,9 @@ def reset_topics(bootstrap: str, names: list[str]) -> None:
     """Delete and recreate ``names`` so the demo counts only its own records."""
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    from jobs.kafka_security import client_conf
+
+    admin = AdminClient(client_conf(bootstrap))
     existing = set(admin.list_topics(timeout=10).topics)
     doomed = [n for n in names if n in existing]
     if doomed:

@@ -11,14 +11,17 @@ from __future__ import annotations
 import argparse
 import base64
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from jobs.kafka_security import KafkaSecurity, client_conf
 from jobs.paths import CACHE, KAFKA_JARS
 
 # name -> (partitions, extra topic config)
@@ -47,6 +50,12 @@ class BrokerConfig:
     heap_mb: int = 1024
     # STREAMSCORE_EVENTS_PARTITIONS: partitions of the events topic
     events_partitions: int = 1
+    # STREAMSCORE_KAFKA_SCRAM_USERS (comma-separated name=password pairs) or
+    # STREAMSCORE_KAFKA_SCRAM_USERS_FILE (one pair a line): SCRAM mode. The client listener
+    # becomes SASL_PLAINTEXT with SCRAM-SHA-512 (the KRaft controller listener on port + 1
+    # stays PLAINTEXT); the users are created when the data folder is formatted (`reset` to
+    # change them) and the first one is the broker's own inter-broker user. Empty: PLAINTEXT.
+    scram_users: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         if not 1024 <= self.port <= 65534:
@@ -55,6 +64,15 @@ class BrokerConfig:
             raise ValueError("heap_mb must be >= 256")
         if self.events_partitions < 1:
             raise ValueError("events_partitions must be >= 1")
+        names = [name for name, _ in self.scram_users]
+        if len(set(names)) != len(names):
+            raise ValueError(f"SCRAM users repeat a name: {names}")
+        for name, password in self.scram_users:
+            if not _SCRAM_NAME.fullmatch(name):
+                raise ValueError(f"SCRAM user name {name!r} must match {_SCRAM_NAME.pattern}")
+            if not _SCRAM_PASSWORD.fullmatch(password):
+                raise ValueError(f"the password of SCRAM user {name!r} is empty or holds a character the "
+                                 "storage tool cannot parse (whitespace , [ ] = \" ' \\)")
 
     @classmethod
     def from_env(cls) -> BrokerConfig:
@@ -64,7 +82,20 @@ class BrokerConfig:
             data_dir=Path(e.get("STREAMSCORE_KAFKA_DIR", str(CACHE / "kafka"))),
             heap_mb=int(e.get("STREAMSCORE_KAFKA_HEAP_MB", "1024")),
             events_partitions=int(e.get("STREAMSCORE_EVENTS_PARTITIONS", "1")),
+            scram_users=parse_scram_users(e),
         )
+
+    @property
+    def scram(self) -> bool:
+        return bool(self.scram_users)
+
+    @property
+    def security(self) -> KafkaSecurity:
+        """How this script's own clients connect: as the first SCRAM user, or PLAINTEXT."""
+        if not self.scram:
+            return KafkaSecurity()
+        name, password = self.scram_users[0]
+        return KafkaSecurity(protocol="SASL_PLAINTEXT", mechanism="SCRAM-SHA-512", username=name, password=password)
 
     @property
     def bootstrap(self) -> str:
@@ -75,6 +106,31 @@ class BrokerConfig:
         return self.data_dir / "broker.pid"
 
 
+_SCRAM_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_SCRAM_PASSWORD = re.compile(r"[^\s,\[\]=\"'\\]{1,256}")
+
+
+def parse_scram_users(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """STREAMSCORE_KAFKA_SCRAM_USERS or the file named by STREAMSCORE_KAFKA_SCRAM_USERS_FILE."""
+    raw, path = env.get("STREAMSCORE_KAFKA_SCRAM_USERS", ""), env.get("STREAMSCORE_KAFKA_SCRAM_USERS_FILE", "")
+    if raw and path:
+        raise ValueError("set STREAMSCORE_KAFKA_SCRAM_USERS or STREAMSCORE_KAFKA_SCRAM_USERS_FILE, not both")
+    if path:
+        try:
+            raw = Path(path).read_text()
+        except OSError as exc:
+            raise ValueError(f"cannot read STREAMSCORE_KAFKA_SCRAM_USERS_FILE {path}: {exc.strerror}") from exc
+    users = []
+    for i, item in enumerate(x.strip() for x in raw.replace("\n", ",").split(",")):
+        if not item:
+            continue
+        name, sep, password = item.partition("=")
+        if not sep:
+            raise ValueError(f"SCRAM user entry {i + 1} is not name=password")
+        users.append((name.strip(), password.strip()))
+    return tuple(users)
+
+
 def _log(msg: str) -> None:
     print(f"[kafka] {msg}", file=sys.stderr, flush=True)
 
@@ -83,16 +139,25 @@ def _write_config(cfg: BrokerConfig) -> Path:
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
     props = cfg.data_dir / "server.properties"
     ctrl = cfg.port + 1
+    lst = "SASL_PLAINTEXT" if cfg.scram else "PLAINTEXT"
+    sasl: list[str] = []
+    if cfg.scram:  # the client listener authenticates with SCRAM; the broker talks to itself as the first user
+        sasl = ["sasl.enabled.mechanisms=SCRAM-SHA-512", "sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512",
+                "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config="
+                + cfg.security.jaas_config("org.apache.kafka.common.security.scram.ScramLoginModule")]
+    props.touch(mode=0o600)
+    props.chmod(0o600)  # the SCRAM mode's file holds the broker user's password
     props.write_text(
         "\n".join([
             "process.roles=broker,controller",
             "node.id=1",
             f"controller.quorum.voters=1@127.0.0.1:{ctrl}",
-            f"listeners=PLAINTEXT://127.0.0.1:{cfg.port},CONTROLLER://127.0.0.1:{ctrl}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{cfg.port}",
+            f"listeners={lst}://127.0.0.1:{cfg.port},CONTROLLER://127.0.0.1:{ctrl}",
+            f"advertised.listeners={lst}://127.0.0.1:{cfg.port}",
             "controller.listener.names=CONTROLLER",
-            "inter.broker.listener.name=PLAINTEXT",
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            f"inter.broker.listener.name={lst}",
+            f"listener.security.protocol.map={lst}:{lst},CONTROLLER:PLAINTEXT",
+            *sasl,
             f"log.dirs={cfg.data_dir / 'data'}",
             "num.partitions=1",
             "offsets.topic.replication.factor=1",
@@ -157,22 +222,26 @@ def _read_pid(cfg: BrokerConfig) -> int | None:
     return pid if _alive(pid) else None
 
 
-def answers(bootstrap: str, timeout_s: float = 2.0) -> bool:
-    """True when a broker at ``bootstrap`` returns cluster metadata."""
+def answers(bootstrap: str, timeout_s: float = 2.0, security: KafkaSecurity | None = None) -> bool:
+    """True when a broker at ``bootstrap`` returns cluster metadata (with ``security``,
+    default: from the environment)."""
     from confluent_kafka.admin import AdminClient
 
     try:
-        md = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 2000, "log_level": 0}).list_topics(timeout=timeout_s)
+        conf = client_conf(bootstrap, {"socket.timeout.ms": 2000, "log_level": 0}, security=security)
+        md = AdminClient(conf).list_topics(timeout=timeout_s)
         return bool(md.brokers)
     except Exception:  # KafkaException on timeout / connection refused
         return False
 
 
-def create_topics(bootstrap: str, topics: dict[str, tuple[int, dict[str, str]]] | None = None) -> None:
-    """Create any missing topics (existing ones are left as they are)."""
+def create_topics(bootstrap: str, topics: dict[str, tuple[int, dict[str, str]]] | None = None,
+                  security: KafkaSecurity | None = None) -> None:
+    """Create any missing topics (existing ones are left as they are); ``security``
+    default: from the environment."""
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(client_conf(bootstrap, security=security))
     existing = set(admin.list_topics(timeout=10).topics)
     todo = [NewTopic(name, num_partitions=parts, replication_factor=1, config=conf)
             for name, (parts, conf) in (topics or TOPICS).items() if name not in existing]
@@ -196,22 +265,32 @@ def topics_for(cfg: BrokerConfig) -> dict[str, tuple[int, dict[str, str]]]:
 def start(cfg: BrokerConfig, wait_s: float = 90.0) -> int:
     """Start the broker (if not running), wait until it answers, create topics; return pid."""
     pid = _read_pid(cfg)
-    if pid is not None and answers(cfg.bootstrap):
+    sec = cfg.security
+    if pid is not None and answers(cfg.bootstrap, security=sec):
         _log(f"already running (pid {pid}) on {cfg.bootstrap}")
-        create_topics(cfg.bootstrap, topics_for(cfg))
+        create_topics(cfg.bootstrap, topics_for(cfg), sec)
         return pid
     if pid is not None:
         _log(f"pid {pid} alive but not answering; stopping it")
         stop(cfg)
-    if answers(cfg.bootstrap, 1.0):
+    if answers(cfg.bootstrap, 1.0, sec):
         raise RuntimeError(f"{cfg.bootstrap} is served by a broker this script did not start "
                            f"(no live pid in {cfg.pid_file}); stop it or choose STREAMSCORE_KAFKA_PORT")
     props = _write_config(cfg)
     if not (cfg.data_dir / "data" / "meta.properties").exists():
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        _log(f"formatting {cfg.data_dir / 'data'} (cluster {cluster_id})")
-        subprocess.run(_java_cmd(cfg, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props),
-                                 "--ignore-formatted"), check=True, stdout=subprocess.DEVNULL)
+        scram = [a for name, password in cfg.scram_users
+                 for a in ("--add-scram", f"SCRAM-SHA-512=[name={name},password={password}]")]
+        _log(f"formatting {cfg.data_dir / 'data'} (cluster {cluster_id})"
+             + (f", SCRAM-SHA-512 users {[n for n, _ in cfg.scram_users]}" if scram else ""))
+        res = subprocess.run(_java_cmd(cfg, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props),
+                                       "--ignore-formatted", *scram), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+        if res.returncode != 0:  # not CalledProcessError: its text would hold the SCRAM passwords
+            err = res.stderr[-2000:]
+            for _, password in cfg.scram_users:
+                err = err.replace(password, "<redacted>")
+            raise RuntimeError(f"formatting {cfg.data_dir / 'data'} failed ({res.returncode}):\n{err}")
     out = open(cfg.data_dir / "broker.out", "ab")
     proc = subprocess.Popen(_java_cmd(cfg, "kafka.Kafka", str(props)), stdout=out, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, start_new_session=True)
@@ -221,9 +300,9 @@ def start(cfg: BrokerConfig, wait_s: float = 90.0) -> int:
         if proc.poll() is not None:
             tail = (cfg.data_dir / "broker.out").read_text(errors="replace")[-2000:]
             raise RuntimeError(f"broker exited with {proc.returncode}:\n{tail}")
-        if answers(cfg.bootstrap, 1.0) and proc.poll() is None:
-            _log(f"broker up on {cfg.bootstrap} (pid {proc.pid})")
-            create_topics(cfg.bootstrap, topics_for(cfg))
+        if answers(cfg.bootstrap, 1.0, sec) and proc.poll() is None:
+            _log(f"broker up on {cfg.bootstrap} (pid {proc.pid}, {sec.describe()})")
+            create_topics(cfg.bootstrap, topics_for(cfg), sec)
             return proc.pid
         time.sleep(0.5)
     stop(cfg)
@@ -270,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         reset(cfg)
     else:
         pid = _read_pid(cfg)
-        up = answers(cfg.bootstrap)
+        up = answers(cfg.bootstrap, security=cfg.security)
         print(f"pid={pid} answering={up} bootstrap={cfg.bootstrap}")
         return 0 if up else 1
     return 0

@@ -97,10 +97,12 @@ class ControlWatcher:
                  poll_s: float = 0.2) -> None:
         from confluent_kafka import Consumer
 
+        from jobs.kafka_security import client_conf
+
         self.bootstrap, self.topic, self.apply, self.poll_s = bootstrap, topic, apply, poll_s
-        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"streamscore-control-{uuid.uuid4().hex}",
-                                  "enable.auto.commit": False, "auto.offset.reset": "earliest", "log_level": 3,
-                                  "isolation.level": "read_committed"})
+        self.consumer = Consumer(client_conf(bootstrap, {
+            "group.id": f"streamscore-control-{uuid.uuid4().hex}", "enable.auto.commit": False,
+            "auto.offset.reset": "earliest", "log_level": 3, "isolation.level": "read_committed"}))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.applied = 0

@@ -37,11 +37,13 @@ def run_peer(bootstrap: str, events_topic: str, out_topics: dict[str, str], spec
     """Process the first ``max_events`` records of ``events_topic`` (partition 0 onward)."""
     from confluent_kafka import Consumer, Producer
 
+    from jobs.kafka_security import client_conf
+
     router = load_router(registry, "gbdt", "mlp", spec.version)
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"peer-{time.time_ns()}", "auto.offset.reset": "earliest",
-                  "enable.auto.commit": False, "fetch.max.bytes": 52_428_800, "log_level": 3})
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "batch.size": 1_000_000,
-                  "compression.type": "lz4", "queue.buffering.max.messages": 2_000_000, "log_level": 3})
+    c = Consumer(client_conf(bootstrap, {"group.id": f"peer-{time.time_ns()}", "auto.offset.reset": "earliest",
+                                         "enable.auto.commit": False, "fetch.max.bytes": 52_428_800, "log_level": 3}))
+    p = Producer(client_conf(bootstrap, {"linger.ms": 5, "batch.size": 1_000_000, "compression.type": "lz4",
+                                         "queue.buffering.max.messages": 2_000_000, "log_level": 3}))
     c.subscribe([events_topic])
     w = StreamingFeatures(spec)
     n = snaps = scores = dls = 0

@@ -66,10 +66,12 @@ class Tail:
     def __init__(self, bootstrap: str, topic: str, decode: Callable[[bytes], Any]) -> None:
         from confluent_kafka import Consumer, TopicPartition
 
+        from jobs.kafka_security import client_conf
+
         self.decode = decode
         self.records: list[tuple[bytes | None, Any, int]] = []
-        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"tail-{time.time_ns()}",
-                                  "enable.auto.commit": False, "auto.offset.reset": "earliest", "log_level": 3})
+        self.consumer = Consumer(client_conf(bootstrap, {"group.id": f"tail-{time.time_ns()}", "enable.auto.commit": False,
+                                                         "auto.offset.reset": "earliest", "log_level": 3}))
         self.consumer.assign([TopicPartition(topic, 0, 0)])
 
     def poll(self, timeout_s: float = 0.5) -> None:
