@@ -20,6 +20,8 @@ COMMANDS = {
     "explain": ("jobs.explain", "global feature importance (sensitivity, TreeSHAP) and ablation of a model"),
     "experiment": ("jobs.experiment", "online experiment report: lift, confidence interval, significance, verdict"),
     "drift": ("jobs.drift", "offline drift of a dataset against a model's training reference"),
+    "schemas": ("jobs.schemas_cli", "schema compatibility: the newest event schema reads every older one"),
+    "chaos": ("jobs.chaos", "fault injection: kill the job N times, check exactly-once output record by record"),
     "report": ("jobs.report", "one self-contained HTML page: throughput, latency, drift, score distributions, fairness, alerts"),
 }
 

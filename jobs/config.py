@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from jobs.kafka_security import KafkaSecurity
 from jobs.paths import CACHE, REGISTRY
 from transforms.codecs import ValidationLimits
 from transforms.drift import DriftThresholds
@@ -126,6 +127,9 @@ class JobConfig:
     source_idle_ms: int = 5_000
     # STREAMSCORE_MAX_KEY_BYTES / STREAMSCORE_MIN_TS_MS / STREAMSCORE_MAX_TS_MS: validation
     limits: ValidationLimits = field(default_factory=ValidationLimits)
+    # STREAMSCORE_KAFKA_SECURITY_PROTOCOL / _SASL_MECHANISM / _USERNAME[_FILE] /
+    # _PASSWORD[_FILE] / _SSL_CA_FILE: Kafka authentication (jobs/kafka_security.py)
+    kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
     def __post_init__(self) -> None:
         if not self.bootstrap_servers:
@@ -203,6 +207,7 @@ class JobConfig:
             max_ts_ms=int(e.get("STREAMSCORE_MAX_TS_MS", ValidationLimits.max_ts_ms)),
         )
         kw["limits"] = lim
+        kw["kafka_security"] = KafkaSecurity.from_env(e)
         kw.update(overrides)
         return cls(**kw)  # type: ignore[arg-type]
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +27,14 @@ if __package__ in (None, ""):  # `flink run -py jobs/flink_job.py`
 from jobs.config import JobConfig  # noqa: E402
 from jobs.paths import flink_jar_urls  # noqa: E402
 from transforms.avro_sql import columns_ddl, field_names  # noqa: E402
+from transforms.codecs import SCHEMA_DIR, SCHEMA_VERSION_HEADER, schema_versions  # noqa: E402
 from transforms.fairness import ATTRIBUTES  # noqa: E402
 from transforms.monitoring import MonitorConfig  # noqa: E402
 from transforms.online_eval import EvalConfig, RollbackPolicy  # noqa: E402
 from transforms.pit import label_step_ms  # noqa: E402
 from transforms.registry import Registry, RegistryError  # noqa: E402
 from transforms.router import initial_deployment  # noqa: E402
+from transforms.schema_compat import incompatible_writers  # noqa: E402
 from transforms.serving import ServingConfig  # noqa: E402
 from transforms.spec import FeatureSpec, load_spec  # noqa: E402
 from transforms.sql_compiler import (  # noqa: E402
@@ -71,6 +74,39 @@ def check_models(cfg: JobConfig, spec: FeatureSpec) -> None:
             f"but the running spec is {spec.version}; retrain (`streamscore train`) or run the matching spec")
 
 
+def check_event_schemas(schema_dir: Path | None = None) -> tuple[int, ...]:
+    """Refuse to start when the newest event schema (the reader) cannot read every
+    ``event.vN.avsc`` of the schemas folder; return the versions, ascending."""
+    folder = schema_dir or SCHEMA_DIR
+    try:
+        bad = incompatible_writers(folder, "event")
+    except FileNotFoundError as exc:
+        raise JobSetupError(str(exc)) from exc
+    if bad:
+        newest = max(schema_versions("event", folder))
+        lines = [f"  event.v{v}.avsc: {p}" for v, probs in sorted(bad.items()) for p in probs]
+        raise JobSetupError(f"reader schema event.v{newest}.avsc cannot read every event schema in {folder} "
+                            "(Avro resolution):\n" + "\n".join(lines))
+    return schema_versions("event", folder)
+
+
+def check_udf_jar_schemas(jar: Path, versions: tuple[int, ...], schema_dir: Path | None = None) -> None:
+    """The decode UDF reads the schemas bundled in its jar: they must be the folder's."""
+    import zipfile
+
+    folder = schema_dir or SCHEMA_DIR
+    try:
+        with zipfile.ZipFile(jar) as zf:
+            names = set(zf.namelist())
+            stale = [f"event.v{v}.avsc" for v in versions
+                     if f"schemas/event.v{v}.avsc" not in names
+                     or zf.read(f"schemas/event.v{v}.avsc") != (folder / f"event.v{v}.avsc").read_bytes()]
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise JobSetupError(f"cannot read the UDF jar {jar}: {exc}") from exc
+    if stale:
+        raise JobSetupError(f"{jar.name} bundles other or no copies of {', '.join(stale)}: run `make jars`")
+
+
 def _delivery_options(cfg: JobConfig, name: str) -> str:
     """Sink delivery: exactly-once writes each checkpoint's records in one Kafka transaction
     (committed when the checkpoint completes); at-least-once flushes on checkpoints."""
@@ -83,7 +119,7 @@ def _delivery_options(cfg: JobConfig, name: str) -> str:
 
 def _kafka_sink(name: str, topic: str, schema: str, key_col: str, cfg: JobConfig) -> str:
     common = (f"'connector'='kafka', 'topic'='{topic}', 'properties.bootstrap.servers'='{cfg.bootstrap_servers}', "
-              f"{_delivery_options(cfg, name)}'properties.linger.ms'='{cfg.sink_linger_ms}'")
+              f"{cfg.kafka_security.flink_options_sql()}{_delivery_options(cfg, name)}'properties.linger.ms'='{cfg.sink_linger_ms}'")
     if key_col:
         return (f"CREATE TEMPORARY TABLE {name} (`kafka_key` STRING NOT NULL, {columns_ddl(schema)}) WITH ("
                 f"{common}, 'key.format'='raw', 'key.fields'='kafka_key', 'value.format'='avro', "
@@ -114,10 +150,15 @@ def checkpoint_settings(cfg: JobConfig) -> dict[str, str]:
     return out
 
 
-def decode_call(cfg: JobConfig, writer_version: int = 1, reader_version: int = 1) -> str:
-    """The JVM decode UDF call; schema files and limits travel as literals."""
+def decode_call(cfg: JobConfig, versions: tuple[int, ...] | None = None, reader_version: int | None = None) -> str:
+    """The JVM decode UDF call; the ``schema-version`` header picks the writer among
+    ``versions`` (default: every event schema), read with ``reader_version`` (default: the
+    newest). Schema files and limits travel as literals."""
     lim = cfg.limits
-    return (f"decode_event(`value`, 'event.v{writer_version}.avsc', 'event.v{reader_version}.avsc', "
+    versions = versions or schema_versions("event")
+    writers = ",".join(f"{v}=event.v{v}.avsc" for v in versions)
+    return (f"decode_event(`value`, `headers`['{SCHEMA_VERSION_HEADER}'], '{writers}', "
+            f"'event.v{reader_version or max(versions)}.avsc', "
             f"{lim.max_key_bytes}, CAST({lim.min_ts_ms} AS BIGINT), CAST({lim.max_ts_ms} AS BIGINT))")
 
 
@@ -128,11 +169,12 @@ def source_ddl(cfg: JobConfig, spec: FeatureSpec) -> str:
         " `value` BYTES,"
         " `src_partition` INT METADATA FROM 'partition' VIRTUAL,"
         " `src_offset` BIGINT METADATA FROM 'offset' VIRTUAL,"
+        " `headers` MAP<STRING, BYTES> METADATA FROM 'headers' VIRTUAL,"
         f" `ev` AS {decode_call(cfg)},"
         f" `ts` AS TO_TIMESTAMP_LTZ(COALESCE({decode_call(cfg)}.`ts_ms`, 0), 3),"
         f" WATERMARK FOR `ts` AS `ts` - {interval(spec.watermark_delay_ms)}"
         ") WITH ("
-        f"'connector'='kafka', 'topic'='{cfg.events_topic}', "
+        f"'connector'='kafka', 'topic'='{cfg.events_topic}', {cfg.kafka_security.flink_options_sql()}"
         f"'properties.bootstrap.servers'='{cfg.bootstrap_servers}', 'properties.group.id'='{cfg.group_id}', "
         f"'scan.startup.mode'='earliest-offset', {bounded}'format'='raw', 'properties.isolation.level'='read_committed', "
         f"'scan.watermark.emit.strategy'='{cfg.watermark_emit}', "
@@ -170,12 +212,17 @@ def build(cfg: JobConfig, ceiling: bool = False) -> BuiltJob:
     from jobs.flink_udfs import ScoreBatch, score_udf
 
     spec = load_spec(cfg.spec_file())
+    versions = check_event_schemas()
     if not ceiling:
         check_models(cfg, spec)
     try:
         jars = flink_jar_urls()
     except FileNotFoundError as exc:
         raise JobSetupError(str(exc)) from exc
+    from urllib.parse import unquote, urlparse
+
+    udf_jar = next(u for u in jars if "streamscore-udfs" in u)
+    check_udf_jar_schemas(Path(unquote(urlparse(udf_jar).path)), versions)
     from jobs.metrics import port_from_env, prepare_environment, reporter_settings
 
     prom_port = port_from_env()  # STREAMSCORE_PROMETHEUS_PORT
@@ -279,16 +326,71 @@ def build(cfg: JobConfig, ceiling: bool = False) -> BuiltJob:
     return BuiltJob(t_env, stmts, spec)
 
 
+def check_kafka(cfg: JobConfig, timeout_s: float = 10.0) -> None:
+    """Preflight: rejected credentials stop the job before it starts (with them it would
+    only fail and restart in a loop); a broker that does not answer yet is left to the
+    restart strategy. A password variable becomes a private file for the child processes."""
+    from jobs.kafka_security import KafkaAuthError, KafkaUnreachableError, check_connection, move_password_to_file
+
+    move_password_to_file()  # the JVM and the Python workers get a file name, not the password
+    try:
+        check_connection(cfg.bootstrap_servers, cfg.kafka_security, timeout_s)
+    except KafkaAuthError as exc:
+        raise JobSetupError(str(exc)) from exc
+    except KafkaUnreachableError as exc:
+        print(f"[job] warning: {exc}", file=sys.stderr, flush=True)
+
+
+def _drain_when_stuck(cfg: JobConfig, client: Any, poll_s: float = 1.0) -> None:
+    """A bounded Kafka source whose enumerator was recreated from state (a restore from a
+    checkpoint or savepoint, or a global failover) reads to its stopping offsets and then
+    never finishes (FLINK-31006, open in connector 5.0.0). When the job's committed offsets
+    have reached the end offsets and it is still running a grace period later, stop it with
+    a draining savepoint: the sources emit the final watermark, every window fires, and
+    the last transactions commit, as at the end of a bounded run."""
+    from jobs.kafka_io import committed_offsets, end_offsets
+
+    grace_s = 10.0 + 3 * cfg.checkpoint_interval_ms / 1000.0
+    ends: dict[int, int] | None = None
+    consumed_at = None
+    while consumed_at is None or time.monotonic() - consumed_at < grace_s:
+        time.sleep(poll_s)
+        if consumed_at is not None:
+            continue
+        try:
+            if ends is None:
+                ends = {p: hi for p, hi in end_offsets(cfg.bootstrap_servers, cfg.events_topic).items() if hi > 0}
+            done = committed_offsets(cfg.bootstrap_servers, cfg.group_id, cfg.events_topic, ends)
+        except Exception as exc:  # broker briefly away: try again
+            print(f"[job] committed offsets unavailable ({type(exc).__name__})", file=sys.stderr)
+            continue
+        if all(done.get(p, -1) >= hi for p, hi in ends.items()):
+            consumed_at = time.monotonic()
+    print("[job] input consumed but the bounded source has not finished; stopping with a draining savepoint",
+          file=sys.stderr, flush=True)
+    from pyflink.java_gateway import get_gateway
+
+    fmt = get_gateway().jvm.org.apache.flink.core.execution.SavepointFormatType.CANONICAL
+    target = cfg.checkpoint_uri() + "/savepoints"
+    try:
+        client._j_job_client.stopWithSavepoint(True, target, fmt).get()
+    except Exception as exc:  # the job ended on its own meanwhile
+        print(f"[job] draining stop not taken ({type(exc).__name__}: {str(exc)[:200]})", file=sys.stderr)
+
+
 def run(cfg: JobConfig, wait: bool = True, ceiling: bool = False) -> dict[str, Any]:
     """Build and execute the job; with ``wait`` block until a bounded run finishes.
     ``running_s`` is the time from RUNNING to finished (the benchmark's job time)."""
     t0 = time.monotonic()
+    check_kafka(cfg)
     job = build(cfg, ceiling)
     result = job.statements.execute()
     client = result.get_job_client()
     job_id = str(client.get_job_id()) if client is not None else ""
     print(f"[job] submitted {job_id} (feature set {job.spec.version})", file=sys.stderr, flush=True)
     info: dict[str, Any] = {"job_id": job_id, "feature_set_version": job.spec.version}
+    if wait and cfg.bounded and not ceiling and client is not None:
+        threading.Thread(target=_drain_when_stuck, args=(cfg, client), daemon=True).start()
     if wait:
         result.wait()
         t_end = time.monotonic()
@@ -315,7 +417,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.explain:
         print(build(cfg, args.ceiling).statements.explain())
         return 0
-    print(json.dumps(run(cfg, wait=not args.no_wait, ceiling=args.ceiling)))
+    try:
+        info = run(cfg, wait=not args.no_wait, ceiling=args.ceiling)
+    except JobSetupError as exc:
+        print(f"[job] cannot start: {exc}", file=sys.stderr, flush=True)
+        return 2
+    print(json.dumps(info))
     return 0
 
 

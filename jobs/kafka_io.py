@@ -32,17 +32,21 @@ class ProduceReport:
 def producer(bootstrap: str, **extra: Any) -> Any:
     from confluent_kafka import Producer
 
-    conf = {"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.size": 1_000_000,
-            "queue.buffering.max.messages": 1_000_000, "compression.type": "lz4", "log_level": 3}
+    from jobs.kafka_security import client_conf
+
+    conf = client_conf(bootstrap, {"linger.ms": 20, "batch.size": 1_000_000,
+                                   "queue.buffering.max.messages": 1_000_000, "compression.type": "lz4", "log_level": 3})
     conf.update(extra)
     return Producer(conf)
 
 
-def produce_one(prod: Any, topic: str, key: bytes | None, value: bytes) -> None:
-    """``prod.produce`` that waits (serving delivery callbacks) while the queue is full."""
+def produce_one(prod: Any, topic: str, key: bytes | None, value: bytes,
+                headers: list[tuple[str, bytes]] | None = None) -> None:
+    """``prod.produce`` that waits (serving delivery callbacks) while the queue is full;
+    ``headers`` e.g. ``[("schema-version", b"2")]`` for an event.v2 value."""
     while True:
         try:
-            prod.produce(topic, value=value, key=key)
+            prod.produce(topic, value=value, key=key, **({"headers": headers} if headers else {}))
             return
         except BufferError:
             prod.poll(0.05)
@@ -123,11 +127,17 @@ def write_avro_file(path: Path, events: Iterable[dict[str, Any]], codec: str = "
 
 
 def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
-    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "streamscore-offsets", "log_level": 3})
+    from jobs.kafka_security import check_connection, client_conf
+
+    c = Consumer(client_conf(bootstrap, {"group.id": "streamscore-offsets", "log_level": 3}))
     try:
-        md = c.list_topics(topic, timeout=10)
+        try:
+            md = c.list_topics(topic, timeout=10)
+        except KafkaException:
+            check_connection(bootstrap, timeout_s=5)  # KafkaAuthError when it is the credentials
+            raise
         if md.topics[topic].error is not None:
             raise RuntimeError(f"topic {topic}: {md.topics[topic].error}")
         out = {}
@@ -173,12 +183,14 @@ def read_topic(
     with ``value`` decoded by ``decode`` when given."""
     from confluent_kafka import Consumer, TopicPartition
 
+    from jobs.kafka_security import client_conf
+
     ends = end_offsets(bootstrap, topic)
-    c = Consumer({
-        "bootstrap.servers": bootstrap, "group.id": f"streamscore-reader-{time.time_ns()}",
+    c = Consumer(client_conf(bootstrap, {
+        "group.id": f"streamscore-reader-{time.time_ns()}",
         "enable.auto.commit": False, "auto.offset.reset": "earliest", "log_level": 3,
         "isolation.level": "read_committed" if read_committed else "read_uncommitted",
-    })
+    }))
     out: list[tuple[bytes | None, Any, int]] = []
     try:
         todo = {p: hi for p, hi in ends.items() if hi > 0}
@@ -189,3 +201,17 @@ def read_topic(
     finally:
         c.close()
     return out
+
+
+def committed_offsets(bootstrap: str, group_id: str, topic: str, partitions: Iterable[int]) -> dict[int, int]:
+    """The offsets ``group_id`` committed on ``topic`` (-1 where none), without joining the group."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from jobs.kafka_security import client_conf
+
+    c = Consumer(client_conf(bootstrap, {"group.id": group_id, "enable.auto.commit": False, "log_level": 3}))
+    try:
+        return {tp.partition: tp.offset for tp in c.committed([TopicPartition(topic, p) for p in partitions],
+                                                              timeout=10)}
+    finally:
+        c.close()
