@@ -24,7 +24,13 @@ from typing import Any
 
 from jobs.kafka_io import consume_until
 from jobs.paths import ROOT
-from transforms.codecs import ValidationLimits, try_decode_event, validate_event
+from transforms.codecs import (
+    ValidationLimits,
+    header_schema_version,
+    latest_version,
+    try_decode_event,
+    validate_event,
+)
 from transforms.pit import ID_COLUMNS, dataset_fingerprint, sort_rows, time_range
 from transforms.spec import FeatureSpec, load_spec
 
@@ -49,9 +55,10 @@ def read_avro_events(path: Path) -> Iterator[dict[str, Any]]:
 
 def read_kafka_range(bootstrap: str, topic: str, start: int, end: int, *, partitions: Iterable[int] | None = None,
                      timeout_s: float = 120.0, consumer_factory: Callable[[dict[str, Any]], Any] | None = None,
-                     ) -> list[bytes | None]:
-    """Values at offsets ``[start, end)`` of each partition (clamped to what the log holds),
-    merged across partitions by record timestamp, each partition in offset order."""
+                     ) -> list[tuple[bytes | None, int | None]]:
+    """``(value, writer schema version from the schema-version header)`` at offsets
+    ``[start, end)`` of each partition (clamped to what the log holds), merged across
+    partitions by record timestamp, each partition in offset order."""
     from confluent_kafka import TopicPartition
 
     if start < 0 or end < start:
@@ -66,7 +73,7 @@ def read_kafka_range(bootstrap: str, topic: str, start: int, end: int, *, partit
     c = factory(client_conf(bootstrap, {"group.id": f"streamscore-backfill-{time.time_ns()}",
                                         "enable.auto.commit": False, "auto.offset.reset": "earliest", "log_level": 3,
                                         "isolation.level": "read_committed"}))
-    per_part: dict[int, list[tuple[int, int, bytes | None]]] = {}
+    per_part: dict[int, list[tuple[int, int, bytes | None, int | None]]] = {}
     try:
         md = c.list_topics(topic, timeout=10)
         meta = md.topics.get(topic)
@@ -91,19 +98,23 @@ def read_kafka_range(bootstrap: str, topic: str, start: int, end: int, *, partit
             p, off = msg.partition(), msg.offset()
             if p is None or off is None or p not in per_part or off >= end_of[p]:
                 continue
-            per_part[p].append((msg.timestamp()[1], off, msg.value()))
+            per_part[p].append((msg.timestamp()[1], off, msg.value(), header_schema_version(msg.headers())))
             n += 1
             if n % PROGRESS_EVERY == 0:
                 log(f"read {n} records")
     finally:
         c.close()
-    streams = [[(ts, p, v) for ts, _off, v in recs] for p, recs in sorted(per_part.items())]
-    return [v for _ts, _p, v in heapq.merge(*streams, key=lambda r: (r[0], r[1]))]
+    streams = [[(ts, p, v, ver) for ts, _off, v, ver in recs] for p, recs in sorted(per_part.items())]
+    return [(v, ver) for _ts, _p, v, ver in heapq.merge(*streams, key=lambda r: (r[0], r[1]))]
 
 
-def decode_records(values: Iterable[bytes | None], invalid: Counter[str]) -> Iterator[dict[str, Any]]:
-    for raw in values:
-        ev, reason, _ = try_decode_event(raw)
+def decode_records(records: Iterable[tuple[bytes | None, int | None]], invalid: Counter[str]
+                   ) -> Iterator[dict[str, Any]]:
+    """Events of ``(value, writer version)`` records, read as the newest event schema (as
+    the job reads them); invalid ones are counted by reason."""
+    reader = latest_version("event")
+    for raw, version in records:
+        ev, reason, _ = try_decode_event(raw, version=version, reader_version=reader)
         if ev is None:
             invalid[reason or "undecodable"] += 1
         else:
@@ -232,9 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         if args.end_offset is None:
             ap.error("--bootstrap needs --end-offset")
-        values = read_kafka_range(args.bootstrap, args.topic, args.start_offset, args.end_offset,
-                                  partitions=args.partition)
-        events = list(decode_records(values, invalid))
+        records = read_kafka_range(args.bootstrap, args.topic, args.start_offset, args.end_offset,
+                                   partitions=args.partition)
+        events = list(decode_records(records, invalid))
         source = {"bootstrap": args.bootstrap, "topic": args.topic, "start_offset": args.start_offset,
                   "end_offset": args.end_offset, "partitions": args.partition}
     log(f"read {len(events)} valid events, {sum(invalid.values())} invalid ({time.monotonic() - t0:.1f}s)")

@@ -215,6 +215,7 @@ def bench(n_events: int, peer_events: int, latency_s: float, label: str, env_ove
 def write_history(results: Path = RESULTS, out: Path = HISTORY) -> None:
     """A small self-contained HTML chart (inline SVG) of events/s and p99 over the runs."""
     rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()] if results.exists() else []
+    rows = [r for r in rows if r.get("kind", "bench") == "bench"]  # soak runs (``streamscore soak``) share the file
     w, h, pad = 760, 260, 40
     series = [("events_per_s", "#1f77b4"), ("ceiling_events_per_s", "#2ca02c"), ("peer_events_per_s", "#d62728")]
     top = max([r.get(k) or 0 for r in rows for k, _ in series] + [1])

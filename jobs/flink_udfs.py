@@ -63,7 +63,7 @@ class ScoreBatch(ScalarFunction):
 
             inner: Any = KafkaPublisher(self.bootstrap, *self.topics)
         else:
-            inner = ListPublisher()
+            inner = ListPublisher(limit=1_000)  # topics off: keep only the newest, memory stays bounded
         self.publisher = GaugingPublisher(inner, self.metrics)
         self.service = ScoringService(self.serving_cfg, self.publisher)
         control_topic = self.topics[2]

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from jobs.kafka_io import produce_one
-from transforms.codecs import encode, try_decode_event
+from transforms.codecs import encode, header_schema_version, try_decode_event
 from transforms.scoring import load_router
 from transforms.spec import FeatureSpec
 from transforms.windowing import FiredWindow, StreamingFeatures, join_scoring
@@ -84,7 +84,9 @@ def run_peer(bootstrap: str, events_topic: str, out_topics: dict[str, str], spec
             if m.error():
                 continue
             n += 1
-            ev, reason, detail = try_decode_event(m.value())
+            # the header names the writer; read with the writer schema itself (same verdicts as the
+            # job's resolution to the newest, which would halve this loop's decode rate)
+            ev, reason, detail = try_decode_event(m.value(), version=header_schema_version(m.headers()))
             if ev is None or not w.add(ev):
                 dls += 1
                 rec = {"reason": reason or "late", "detail": detail or "", "source_topic": events_topic,

@@ -50,6 +50,16 @@ def _sample(pid: int) -> tuple[float, int, str] | None:
         return None
 
 
+def rss_mb(pids: list[int]) -> dict[int, tuple[str, float]]:
+    """``pid -> (command name, resident memory in MiB)`` of the pids still alive."""
+    out = {}
+    for pid in pids:
+        s = _sample(pid)
+        if s is not None:
+            out[pid] = (s[2], s[1] / 1024)
+    return out
+
+
 @dataclass
 class TreeStats:
     cpu_s: dict[int, float] = field(default_factory=dict)

@@ -97,7 +97,25 @@ class ModelMonitors:
         severe: str | None = None
         for rec in mon.update(window_end_ms, x, scores):
             severe = self._publish_drift(rec) or severe
+        self._expire_idle(mon)
         return severe
+
+    def _expire_idle(self, latest: DriftMonitor) -> None:
+        """Complete the open windows of models that got no rows while ``latest`` moved more
+        than its lag past them (a model swapped out): event time has passed those windows,
+        so their state goes (and no fallback follows from a model no longer served)."""
+        if latest.current is None:
+            return
+        for mon in self._drift.values():
+            if mon is not latest and mon.open and mon.current is not None \
+                    and mon.current < latest.current - latest.lag_windows - 1:
+                for rec in mon.flush():
+                    self._publish_drift(rec)
+                mon.current = latest.current  # rows of the completed windows now count as late
+
+    def open_windows(self) -> int:
+        """Monitoring windows held open, over every model (the state that expiry bounds)."""
+        return sum(len(m.open) for m in self._drift.values())
 
     def flush(self) -> None:
         """Publish the open monitoring windows (at job end; no fallback then)."""

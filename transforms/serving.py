@@ -44,29 +44,41 @@ class Publisher(Protocol):
 
 @dataclass
 class ListPublisher:
-    """Keeps what would be published (tests, and jobs with the topics switched off)."""
+    """Keeps what would be published (tests, and jobs with the topics switched off). With
+    ``limit`` each list keeps only its newest ``limit`` to ``2 * limit`` entries, so a
+    long-running job's memory stays bounded."""
 
     alerts: list[dict[str, Any]] = field(default_factory=list)
     records: list[dict[str, Any]] = field(default_factory=list)
     commands: list[tuple[bytes, bytes]] = field(default_factory=list)
     monitored: list[dict[str, Any]] = field(default_factory=list)
     explained: list[dict[str, Any]] = field(default_factory=list)
+    limit: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise ValueError("limit must be >= 1 (or None for no limit)")
+
+    def _keep(self, items: list[Any], new: Sequence[Any]) -> None:
+        items.extend(new)
+        if self.limit is not None and len(items) > 2 * self.limit:
+            del items[: len(items) - self.limit]  # amortised: trims once per ``limit`` appends
 
     def alert(self, kind: str, severity: str, message: str, model_version: str = "", **attributes: str) -> None:
-        self.alerts.append({"kind": kind, "severity": severity, "message": message, "model_version": model_version,
-                            "attributes": attributes})
+        self._keep(self.alerts, [{"kind": kind, "severity": severity, "message": message,
+                                  "model_version": model_version, "attributes": attributes}])
 
     def metrics(self, records: list[dict[str, Any]]) -> None:
-        self.records.extend(records)
+        self._keep(self.records, records)
 
     def control(self, key: bytes, value: bytes) -> None:
-        self.commands.append((key, value))
+        self._keep(self.commands, [(key, value)])
 
     def monitoring(self, records: list[dict[str, Any]]) -> None:
-        self.monitored.extend(records)
+        self._keep(self.monitored, records)
 
     def explanations(self, records: list[dict[str, Any]]) -> None:
-        self.explained.extend(records)
+        self._keep(self.explained, records)
 
 
 @dataclass(frozen=True)

@@ -191,8 +191,8 @@ def test_backfill_help(capsys):
 
 
 class _Msg:
-    def __init__(self, p, off, ts, value):
-        self._p, self._off, self._ts, self._v = p, off, ts, value
+    def __init__(self, p, off, ts, value, headers=None):
+        self._p, self._off, self._ts, self._v, self._h = p, off, ts, value, headers
 
     def error(self):
         return None
@@ -209,12 +209,16 @@ class _Msg:
     def value(self):
         return self._v
 
+    def headers(self):
+        return self._h
+
 
 class _FakeConsumer:
     """Two partitions, offsets 0..4; record timestamps interleave the partitions."""
 
     def __init__(self, conf):
-        self.log = {p: [_Msg(p, o, 10 * o + p, f"{p}:{o}".encode()) for o in range(5)] for p in (0, 1)}
+        self.log = {p: [_Msg(p, o, 10 * o + p, f"{p}:{o}".encode(), [("schema-version", b"2")] if p else None)
+                        for o in range(5)] for p in (0, 1)}
         self.pos = {}
 
     def list_topics(self, topic, timeout=None):
@@ -242,9 +246,18 @@ class _FakeConsumer:
 
 
 def test_bounded_kafka_read_merges_partitions_by_timestamp():
-    vals = backfill.read_kafka_range("fake:9092", "events", 1, 4, consumer_factory=_FakeConsumer)
-    assert vals == [b"0:1", b"1:1", b"0:2", b"1:2", b"0:3", b"1:3"]  # offsets [1, 4), by timestamp
+    recs = backfill.read_kafka_range("fake:9092", "events", 1, 4, consumer_factory=_FakeConsumer)
+    # offsets [1, 4), by timestamp; the writer version from each record's schema-version header
+    assert recs == [(b"0:1", 1), (b"1:1", 2), (b"0:2", 1), (b"1:2", 2), (b"0:3", 1), (b"1:3", 2)]
+
+
+def test_backfill_decodes_by_the_schema_version_header():
     invalid = Counter()
     good = make_event("e", "u1", "i1", 5_000, "click")
-    decoded = list(backfill.decode_records([encode_event(good), b"\x00", None], invalid))
-    assert decoded == [good] and invalid == {"undecodable": 2}
+    v2 = {**make_event("e2", "u2", "i2", 6_000, "click"), "item_category": "news"}
+    decoded = list(backfill.decode_records(
+        [(encode_event(good), 1), (encode_event(v2, 2), 2), (b"\x00", 1), (None, 1), (encode_event(good), None),
+         (encode_event(good), 9)], invalid))
+    # read as the newest schema: v1 records gain item_category = None, v2 records keep theirs
+    assert decoded == [{**good, "item_category": None}, v2]
+    assert invalid == {"undecodable": 2, "unknown_schema_version": 2}
