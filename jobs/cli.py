@@ -22,6 +22,8 @@ COMMANDS = {
     "drift": ("jobs.drift", "offline drift of a dataset against a model's training reference"),
     "schemas": ("jobs.schemas_cli", "schema compatibility: the newest event schema reads every older one"),
     "chaos": ("jobs.chaos", "fault injection: kill the job N times, check exactly-once output record by record"),
+    "soak": ("jobs.soak", "memory soak: the job at a steady load, RSS growth per process over M minutes"),
+    "rescale": ("jobs.rescale", "savepoint + rescale 1 -> 2 -> 1 on a 2-TaskManager session cluster, checked record by record"),
     "report": ("jobs.report", "one self-contained HTML page: throughput, latency, drift, score distributions, fairness, alerts"),
 }
 

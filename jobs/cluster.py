@@ -57,6 +57,41 @@ def rest(path: str, timeout_s: float = 2.0) -> dict | None:
         return None
 
 
+def rest_post(path: str, body: dict, timeout_s: float = 10.0) -> dict:
+    req = urllib.request.Request(f"{REST}{path}", data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+        return json.loads(resp.read())
+
+
+def stop_with_savepoint(job_id: str, target_dir: str, drain: bool = False, timeout_s: float = 300.0) -> str:
+    """Stop a job with a savepoint (``drain``: emit the final watermark first, so every
+    window fires); return the savepoint's path."""
+    trigger = rest_post(f"/jobs/{job_id}/stop", {"targetDirectory": target_dir, "drain": drain,
+                                                 "formatType": "CANONICAL"})["request-id"]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        st = rest(f"/jobs/{job_id}/savepoints/{trigger}") or {}
+        if st.get("status", {}).get("id") == "COMPLETED":
+            op = st.get("operation", {})
+            if "location" not in op:
+                raise RuntimeError(f"stop-with-savepoint of {job_id} failed: {str(op.get('failure-cause'))[:2000]}")
+            return str(op["location"])
+        time.sleep(0.5)
+    raise TimeoutError(f"savepoint of {job_id} not completed within {timeout_s}s")
+
+
+def wait_state(job_id: str, states: tuple[str, ...], timeout_s: float = 120.0) -> str:
+    """Wait until the job reaches one of ``states``; return it."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        st = (rest(f"/jobs/{job_id}") or {}).get("state", "")
+        if st in states:
+            return st
+        time.sleep(0.5)
+    raise TimeoutError(f"job {job_id} not in {states} within {timeout_s}s")
+
+
 def start(task_managers: int = 1, wait_s: float = 90.0) -> None:
     """Start the JobManager and ``task_managers`` TaskManagers; wait until all registered."""
     bin_dir = flink_home() / "bin"
@@ -87,13 +122,20 @@ def stop() -> None:
     print("[cluster] stopped", file=sys.stderr)
 
 
-def submit(extra_env: dict[str, str] | None = None, detached: bool = False) -> subprocess.CompletedProcess[str]:
+def submit(extra_env: dict[str, str] | None = None, detached: bool = False, savepoint: str = "",
+           parallelism: int = 0) -> subprocess.CompletedProcess[str]:
     """``flink run -py jobs/flink_job.py`` against the session cluster; STREAMSCORE_*
-    variables configure the job as for ``streamscore run``."""
+    variables configure the job as for ``streamscore run``; ``savepoint``: start from it
+    (``-s``); ``parallelism``: ``-p`` and STREAMSCORE_PARALLELISM."""
     env = _env()
     env.update(extra_env or {})
     cmd = [str(flink_home() / "bin" / "flink"), "run", "-m", "127.0.0.1:8081", "-pyexec", sys.executable,
            "-pyclientexec", sys.executable]
+    if savepoint:
+        cmd += ["-s", savepoint]
+    if parallelism:
+        cmd += ["-p", str(parallelism)]
+        env["STREAMSCORE_PARALLELISM"] = str(parallelism)
     if detached:
         cmd.append("-d")
     cmd += ["-py", str(ROOT / "jobs" / "flink_job.py")]

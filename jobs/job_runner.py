@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -49,12 +50,23 @@ def job_command(*args: str) -> list[str]:
 
 
 def stop_job(proc: subprocess.Popen, grace_s: float = 30) -> None:
-    """Terminate a job subprocess, killing it when it does not end within ``grace_s``."""
+    """Terminate a job subprocess, killing it when it does not end within ``grace_s``;
+    then kill what is left of its tree (the mini-cluster JVM and Python workers outlive
+    a terminated driver)."""
+    from jobs.procstats import descendants
+
+    tree = descendants(proc.pid)
     proc.terminate()
     try:
         proc.wait(grace_s)
     except subprocess.TimeoutExpired:
         proc.kill()
+        proc.wait()
+    for pid in tree[1:]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def run_job(env: dict[str, str], *args: str, timeout_s: float = 900) -> dict[str, Any]:
