@@ -29,13 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from jobs import cluster, kafka_local
-from jobs.chaos import delivery, summarize
+from jobs.chaos import delivery, flush_event, summarize
 from jobs.generator import TrafficConfig, generate_events
 from jobs.job_runner import fresh_topics, job_env, run_job
 from jobs.kafka_io import committed_offsets, end_offsets, produce_events
-from jobs.outputs import Outputs, read_outputs
+from jobs.outputs import read_outputs
 from jobs.paths import REGISTRY
-from transforms.codecs import make_event
 
 
 @dataclass(frozen=True)
@@ -55,14 +54,6 @@ class RescaleConfig:
 
 def _log(msg: str) -> None:
     print(f"[rescale] {msg}", file=sys.stderr, flush=True)
-
-
-FLUSH = "__flush__"
-
-
-def _not_flush(out: Outputs) -> Outputs:
-    keep = [(k, v, t) for k, v, t in out.snapshots if v["entity_id"] != FLUSH]
-    return Outputs([(k, v, t) for k, v, t in out.scores if v["user_id"] != FLUSH], keep, out.dead_letters)
 
 
 def _job_id(res: Any) -> str:
@@ -121,8 +112,7 @@ def run_rescale(bootstrap: str, cfg: RescaleConfig, work_dir: Path) -> dict[str,
             chunk = events[i * per:(i + 1) * per]
             last = i == len(cfg.parallelisms) - 1
             if last:
-                chunk = [*chunk, make_event("flush", FLUSH, FLUSH, max(e["ts_ms"] for e in events) + 3_600_000,
-                                            "impression")]
+                chunk = [*chunk, flush_event(max(e["ts_ms"] for e in events))]
             produce_events(bootstrap, base["events"], chunk, total=len(chunk), malformed_every=500, seed=cfg.seed + i)
             t0 = time.monotonic()
             job = _job_id(cluster.submit({**env, "STREAMSCORE_RESTORE_FROM": savepoint}, detached=True,
@@ -143,7 +133,7 @@ def run_rescale(bootstrap: str, cfg: RescaleConfig, work_dir: Path) -> dict[str,
                     STREAMSCORE_CHECKPOINT_DIR=str(work_dir / "baseline-ckpt")))
     want = read_outputs(bootstrap, base["scores"], base["feature-snapshots"], base["dead-letters"])
     got = read_outputs(bootstrap, moved["scores"], moved["feature-snapshots"], moved["dead-letters"])
-    return summarize(delivery(_not_flush(want), _not_flush(got)), parallelisms=list(cfg.parallelisms), phases=phases)
+    return summarize(delivery(want, got), parallelisms=list(cfg.parallelisms), phases=phases)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,7 +23,7 @@ def own_broker(tmp_path_factory):
 
 
 def test_job_survives_broker_restarts_without_loss(own_broker, registry_path, tmp_path):
-    cfg = ChaosConfig(kills=2, events=120_000, seed=17, fault="broker", outage_s=5.0)
+    cfg = ChaosConfig(kills=2, events=300_000, seed=17, fault="broker", outage_s=5.0)
     summary = run_chaos(own_broker.bootstrap, cfg, tmp_path, own_broker)
     assert summary["kills"] == 2, summary  # two broker restarts happened while the job ran
     assert summary["lost"] == 0 and summary["duplicated"] == 0 and summary["unexpected"] == 0, summary["examples"]

@@ -23,12 +23,12 @@ def _assert_exactly_once(summary: dict, kills: int) -> None:
 
 
 def test_five_kills_lose_nothing_and_duplicate_nothing(broker, registry_path, tmp_path):
-    summary = run_chaos(broker.bootstrap, ChaosConfig(kills=5, events=150_000, seed=13), tmp_path)
+    summary = run_chaos(broker.bootstrap, ChaosConfig(kills=5, seed=13), tmp_path)
     _assert_exactly_once(summary, 5)
 
 
 @pytest.mark.long
 def test_many_kills(broker, registry_path, tmp_path):
     kills = int(os.environ.get("STREAMSCORE_CHAOS_KILLS", "20"))
-    summary = run_chaos(broker.bootstrap, ChaosConfig(kills=kills, events=600_000, seed=29), tmp_path)
+    summary = run_chaos(broker.bootstrap, ChaosConfig(kills=kills, seed=29), tmp_path)
     _assert_exactly_once(summary, kills)
