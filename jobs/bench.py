@@ -37,7 +37,7 @@ from jobs.generator import TrafficConfig, generate_events
 from jobs.job_runner import fresh_topics, job_command, job_env, stop_job
 from jobs.kafka_io import produce_events, read_topic
 from jobs.outputs import read_outputs
-from jobs.paths import REGISTRY, ROOT
+from jobs.paths import REGISTRY, ROOT, git_commit
 from jobs.procstats import TreeSampler
 from transforms.codecs import decode
 from transforms.spec import load_spec
@@ -131,14 +131,6 @@ def _machine() -> str:
     return f"{platform.node()} {os.cpu_count()} cores {model}".strip()
 
 
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def bench(n_events: int, peer_events: int, latency_s: float, label: str, env_overrides: dict[str, str]) -> dict[str, Any]:
     from jobs.peer import run_peer
 
@@ -192,7 +184,7 @@ def bench(n_events: int, peer_events: int, latency_s: float, label: str, env_ove
                              str(REGISTRY)) if latency_s > 0 else {"p50_ms": None, "p99_ms": None}
         peak_rss = {**job_stats.peak_rss_by_process()}
         result = {
-            "label": label, "commit": _git_commit(), "machine": _machine(), "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "label": label, "commit": git_commit(), "machine": _machine(), "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "events": n_events, "events_per_s": round(job_rate, 1), "sustained_events_per_s": round(sustained, 1) if sustained else None,
             "ceiling_events_per_s": round(ceiling_rate, 1), "peer_events_per_s": round(peer.events_per_s, 1),
             "ratio_vs_ceiling": round(job_rate / ceiling_rate, 3), "ratio_vs_peer": round(job_rate / peer.events_per_s, 3) if peer.events_per_s else None,

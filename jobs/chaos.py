@@ -217,17 +217,13 @@ def run_chaos(bootstrap: str, cfg: ChaosConfig, work_dir: Path,
                   STREAMSCORE_GROUP_ID=f"chaos-{uuid.uuid4().hex[:8]}", **common)
     kills, restores = 0, []
     t1 = time.monotonic()
-    while cfg.fault == "broker" and broker is not None:
+    if cfg.fault == "broker" and broker is not None:
         seg = Segment(env, work_dir / "job.log")
         try:
             kills = _broker_faults(seg, cfg, ckpt, broker, rng)
             rc = seg.proc.wait(cfg.segment_timeout_s)
         finally:
             seg.close()
-        if rc != 0:
-            tail = (work_dir / "job.log").read_text(errors="replace")[-4000:]
-            raise RuntimeError(f"job failed ({rc}) after {kills} broker restarts:\n{tail}")
-        break
     while cfg.fault == "kill":
         seg = Segment({**env, "STREAMSCORE_RESTORE_FROM": restores[-1] if restores else ""}, work_dir / "job.log")
         try:
@@ -245,10 +241,10 @@ def run_chaos(bootstrap: str, cfg: ChaosConfig, work_dir: Path,
             rc = seg.proc.wait(cfg.segment_timeout_s)
         finally:
             seg.close()
-        if rc != 0:
-            tail = (work_dir / "job.log").read_text(errors="replace")[-4000:]
-            raise RuntimeError(f"job failed ({rc}) after {kills} kills:\n{tail}")
         break
+    if rc != 0:
+        tail = (work_dir / "job.log").read_text(errors="replace")[-4000:]
+        raise RuntimeError(f"job failed ({rc}) after {kills} faults ({cfg.fault}):\n{tail}")
     faulty_s = time.monotonic() - t1
     _log(f"job finished after {kills} kills; reading committed outputs")
     want = read_outputs(bootstrap, base["scores"], base["feature-snapshots"], base["dead-letters"])

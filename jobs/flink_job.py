@@ -348,7 +348,7 @@ def _drain_when_stuck(cfg: JobConfig, client: Any, poll_s: float = 1.0) -> None:
     have reached the end offsets and it is still running a grace period later, stop it with
     a draining savepoint: the sources emit the final watermark, every window fires, and
     the last transactions commit, as at the end of a bounded run."""
-    from jobs.kafka_io import committed_offsets, end_offsets
+    from jobs.kafka_io import caught_up, end_offsets
 
     grace_s = 10.0 + 3 * cfg.checkpoint_interval_ms / 1000.0
     ends: dict[int, int] | None = None
@@ -360,11 +360,11 @@ def _drain_when_stuck(cfg: JobConfig, client: Any, poll_s: float = 1.0) -> None:
         try:
             if ends is None:
                 ends = {p: hi for p, hi in end_offsets(cfg.bootstrap_servers, cfg.events_topic).items() if hi > 0}
-            done = committed_offsets(cfg.bootstrap_servers, cfg.group_id, cfg.events_topic, ends)
+            done = caught_up(cfg.bootstrap_servers, cfg.group_id, cfg.events_topic, ends)
         except Exception as exc:  # broker briefly away: try again
             print(f"[job] committed offsets unavailable ({type(exc).__name__})", file=sys.stderr)
             continue
-        if all(done.get(p, -1) >= hi for p, hi in ends.items()):
+        if done:
             consumed_at = time.monotonic()
     print("[job] input consumed but the bounded source has not finished; stopping with a draining savepoint",
           file=sys.stderr, flush=True)

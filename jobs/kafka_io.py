@@ -215,3 +215,9 @@ def committed_offsets(bootstrap: str, group_id: str, topic: str, partitions: Ite
                                                               timeout=10)}
     finally:
         c.close()
+
+
+def caught_up(bootstrap: str, group_id: str, topic: str, ends: dict[int, int]) -> bool:
+    """Whether ``group_id`` has committed at least ``ends`` (partition -> offset) on ``topic``."""
+    done = committed_offsets(bootstrap, group_id, topic, ends)
+    return all(done.get(p, -1) >= hi for p, hi in ends.items())

@@ -24,3 +24,14 @@ def flink_jar_urls() -> list[str]:
             raise FileNotFoundError(f"{name}*.jar missing from {FLINK_JARS}: run `make jars`")
         urls.append(hits[-1].as_uri())
     return urls
+
+
+def git_commit() -> str:
+    """The checkout's short commit id, or ``unknown`` (recorded with bench and soak runs)."""
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"

@@ -32,7 +32,7 @@ from jobs import cluster, kafka_local
 from jobs.chaos import delivery, flush_event, summarize
 from jobs.generator import TrafficConfig, generate_events
 from jobs.job_runner import fresh_topics, job_env, run_job
-from jobs.kafka_io import committed_offsets, end_offsets, produce_events
+from jobs.kafka_io import caught_up, end_offsets, produce_events
 from jobs.outputs import read_outputs
 from jobs.paths import REGISTRY
 
@@ -71,8 +71,7 @@ def wait_consumed(bootstrap: str, group: str, topic: str, timeout_s: float) -> N
     ends = {p: hi for p, hi in end_offsets(bootstrap, topic).items() if hi > 0}
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        done = committed_offsets(bootstrap, group, topic, ends)
-        if all(done.get(p, -1) >= hi for p, hi in ends.items()):
+        if caught_up(bootstrap, group, topic, ends):
             return
         time.sleep(1.0)
     raise TimeoutError(f"group {group} did not consume {topic} to {ends} within {timeout_s}s")

@@ -43,7 +43,7 @@ from jobs import kafka_local
 from jobs.generator import TrafficConfig, generate_events
 from jobs.job_runner import fresh_topics, job_command, job_env, stop_job
 from jobs.kafka_io import produce_events, read_topic
-from jobs.paths import REGISTRY, ROOT
+from jobs.paths import REGISTRY, ROOT, git_commit
 from jobs.procstats import descendants, rss_mb
 
 RESULTS = ROOT / "bench" / "results.jsonl"
@@ -363,14 +363,6 @@ def soak_html(samples: Sequence[Sample], broker: Sequence[Sample], summary: dict
             f"<th>growth %</th></tr>{rows}</table></body>")
 
 
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="streamscore soak", description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -404,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         if not was_running:
             kafka_local.stop(broker)
         shutil.rmtree(work, ignore_errors=True)
-    result = {"kind": "soak", "commit": _git_commit(), "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    result = {"kind": "soak", "commit": git_commit(), "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               **summary, "html": str(args.html)}
     args.html.parent.mkdir(parents=True, exist_ok=True)
     args.html.write_text(soak_html(samples, broker_samples, result))
