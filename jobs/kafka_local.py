@@ -262,6 +262,21 @@ def topics_for(cfg: BrokerConfig) -> dict[str, tuple[int, dict[str, str]]]:
     return topics
 
 
+def new_cluster_id() -> str:
+    """A random KRaft cluster id: url-safe base64 of a UUID, never starting with '-'.
+
+    An id that starts with '-' would be read by ``kafka-storage format -t`` as an option
+    (Kafka's own ``Uuid.randomUuid`` skips those for the same reason).
+
+    >>> all(not new_cluster_id().startswith("-") and len(new_cluster_id()) == 22 for _ in range(200))
+    True
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 def start(cfg: BrokerConfig, wait_s: float = 90.0) -> int:
     """Start the broker (if not running), wait until it answers, create topics; return pid."""
     pid = _read_pid(cfg)
@@ -278,7 +293,7 @@ def start(cfg: BrokerConfig, wait_s: float = 90.0) -> int:
                            f"(no live pid in {cfg.pid_file}); stop it or choose STREAMSCORE_KAFKA_PORT")
     props = _write_config(cfg)
     if not (cfg.data_dir / "data" / "meta.properties").exists():
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = new_cluster_id()
         scram = [a for name, password in cfg.scram_users
                  for a in ("--add-scram", f"SCRAM-SHA-512=[name={name},password={password}]")]
         _log(f"formatting {cfg.data_dir / 'data'} (cluster {cluster_id})"
