@@ -1,20 +1,24 @@
 """Apache Beam compilation of the feature spec: batch (backfills) and streaming.
 
-Every group becomes ``timestamp -> WindowInto(Fixed|Sliding|Sessions) -> key by entity ->
-CombinePerKey(GroupCombineFn)``; the CombineFn delegates to ``GroupAggregator``, so no
-feature is re-implemented. Elements are ``(seq, event)`` with ``seq`` the arrival index.
+Every group becomes ``accepted by the group, keyed by its entity -> WindowInto(Fixed|
+Sliding|Sessions) -> CombinePerKey(GroupCombineFn)``; the CombineFn delegates to
+``GroupAggregator``, so no feature is re-implemented. Elements are ``(seq, event,
+late_groups)`` with ``seq`` the arrival index and ``late_groups`` the groups the event is
+late for (it counts in the others); events without an entity id for a group (the user x
+item-category pair without a category) are left out of it (``FeatureGroup.key``).
 
-Lateness (the reference rule: ``ts_ms <= max(ts_ms so far) - watermark_delay_ms``) is a
-sequential property of arrival order:
+Lateness (the reference rule: late for a group when ``ts_ms <= max(ts_ms so far) -
+watermark_delay_ms - allowed_lateness_ms``) is a sequential property of arrival order:
 
-* batch: :func:`split_late` applies ``reference.mark_late`` before the pipeline;
+* batch: :func:`split_late` applies ``reference.mark_late_groups`` before the pipeline;
 * streaming: :class:`LateSplitter`, a stateful DoFn on one key, applies the same rule in
-  arrival order and tags late events to a ``late`` dead-letter output (one key: a serial
-  step, as the spec's watermark is global). Beam's own lateness is per window (dropped
-  once the watermark passes the window end + ``allowed_lateness``, here 0) and looser
-  than the spec's per-event rule; the Beam watermark must not run ahead of the spec
-  watermark (:func:`reference_test_stream` advances it to exactly ``max_ts - delay``),
-  so an accepted event (``ts > watermark``) never meets a fired window.
+  arrival order and tags events late for any group to a ``late`` dead-letter output (one
+  key: a serial step, as the spec's watermark is global). Beam's own lateness is per
+  window (dropped once the watermark passes the window end + ``allowed_lateness``, here
+  0) and looser than the spec's per-event rule; the Beam watermark must not run ahead of
+  the spec watermark less the largest allowed lateness (:func:`reference_test_stream`
+  advances it to exactly ``max_ts - delay - max lateness``), so an accepted event never
+  meets a fired window.
 
 ReadFromKafka is not used (apache/beam#22809: it hangs on the DirectRunner).
 """
@@ -40,10 +44,11 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 from transforms.aggregates import Acc, GroupAggregator
 from transforms.codecs import DeadLetterReason
 from transforms.pit import label_step_ms, make_row
-from transforms.reference import FeatureOutput, mark_late
+from transforms.reference import FeatureOutput, late_groups, mark_late_groups
 from transforms.spec import FeatureGroup, FeatureSpec, Window
 
 SeqEvent = tuple[int, dict[str, Any]]
+Tagged = tuple[int, dict[str, Any], tuple[str, ...]]  # (seq, event, groups it is late for)
 LATE_TAG = "late"
 CLICKS_TAG = "clicks:"  # not an identifier, so never a group name
 
@@ -98,12 +103,14 @@ class GroupCombineFn(beam.CombineFn):
         return self._agg.result(acc)
 
 
-def _timestamped(element: SeqEvent) -> bwindow.TimestampedValue:
-    return bwindow.TimestampedValue(element, event_timestamp(element[1]))
-
-
-def _by_entity(element: SeqEvent, key_field: str) -> tuple[str, SeqEvent]:
-    return element[1][key_field], element
+def _for_group(element: Tagged, group: FeatureGroup) -> Iterator[bwindow.TimestampedValue]:
+    """``(entity, (seq, event))`` at the event time, when ``group`` counts the event."""
+    seq, ev, late = element
+    if group.name in late:
+        return
+    key = group.key(ev)
+    if key is not None:
+        yield bwindow.TimestampedValue((key, (seq, ev)), event_timestamp(ev))
 
 
 class _WithWindowStart(beam.DoFn):
@@ -112,7 +119,7 @@ class _WithWindowStart(beam.DoFn):
 
 
 class GroupFeatures(beam.PTransform):
-    """One group's features: ``(seq, event)`` -> ``((entity, window_start_ms), {feature: value})``."""
+    """One group's features: ``(seq, event, late_groups)`` -> ``((entity, window_start_ms), {feature: value})``."""
 
     def __init__(self, group: FeatureGroup) -> None:
         super().__init__()
@@ -121,9 +128,8 @@ class GroupFeatures(beam.PTransform):
     def expand(self, pcoll: Any) -> Any:
         g = self.group
         return (pcoll
-                | "EventTime" >> beam.Map(_timestamped)
+                | "ByEntity" >> beam.FlatMap(_for_group, g)
                 | "Window" >> beam.WindowInto(window_fn(g.window), allowed_lateness=Duration(0))
-                | "ByEntity" >> beam.Map(_by_entity, g.key_field)
                 | "Combine" >> beam.CombinePerKey(GroupCombineFn(g))
                 | "WindowStart" >> beam.ParDo(_WithWindowStart()))
 
@@ -140,16 +146,19 @@ class ComputeFeatures(beam.PTransform):
         return {name: pcoll | f"Group[{name}]" >> GroupFeatures(self.spec.group(name)) for name in self.groups}
 
 
-def split_late(spec: FeatureSpec, events: Iterable[dict[str, Any]]) -> tuple[list[SeqEvent], list[dict[str, Any]]]:
-    """Batch lateness: ``(accepted (seq, event), late events)`` by ``reference.mark_late``."""
-    accepted: list[SeqEvent] = []
+def split_late(spec: FeatureSpec, events: Iterable[dict[str, Any]]) -> tuple[list[Tagged], list[dict[str, Any]]]:
+    """Batch lateness by ``reference.mark_late_groups``: ``(tagged, late)``, the events
+    counted by at least one group as ``(seq, event, late_groups)``, and the events late
+    for at least one group."""
+    tagged: list[Tagged] = []
     late: list[dict[str, Any]] = []
-    for seq, (ev, is_late) in enumerate(mark_late(events, spec.watermark_delay_ms)):
-        if is_late:
+    n_groups = len(spec.groups)
+    for seq, (ev, groups) in enumerate(mark_late_groups(spec, events)):
+        if groups:
             late.append(ev)
-        else:
-            accepted.append((seq, ev))
-    return accepted, late
+        if len(groups) < n_groups:
+            tagged.append((seq, ev, groups))
+    return tagged, late
 
 
 def _key_by_end(kv: tuple[tuple[str, int], dict[str, float]], size_ms: int) -> Any:
@@ -157,11 +166,13 @@ def _key_by_end(kv: tuple[tuple[str, int], dict[str, float]], size_ms: int) -> A
     return (entity, start + size_ms), feats
 
 
-def _click_label_key(element: SeqEvent, key_field: str, step_ms: int) -> Iterator[Any]:
-    ev = element[1]
-    if ev["event_type"] == "click":
+def _click_label_key(element: Tagged, group: FeatureGroup, step_ms: int) -> Iterator[Any]:
+    """Clicks counted by the first scoring group (all scoring groups share one lateness)."""
+    _seq, ev, late = element
+    key = group.key(ev)
+    if ev["event_type"] == "click" and group.name not in late and key is not None:
         ts = int(ev["ts_ms"])
-        yield (ev[key_field], ts - ts % step_ms), 1  # the row whose label window holds it
+        yield (key, ts - ts % step_ms), 1  # the row whose label window holds it
 
 
 def _to_row(kv: tuple[tuple[str, int], dict[str, list[Any]]], spec: FeatureSpec) -> Iterator[dict[str, Any]]:
@@ -178,7 +189,7 @@ def _to_row(kv: tuple[tuple[str, int], dict[str, list[Any]]], spec: FeatureSpec)
 
 
 class PitRows(beam.PTransform):
-    """Point-in-time rows (as ``transforms.pit.pit_rows``) from accepted ``(seq, event)``."""
+    """Point-in-time rows (as ``transforms.pit.pit_rows``) from ``(seq, event, late_groups)``."""
 
     def __init__(self, spec: FeatureSpec) -> None:
         super().__init__()
@@ -192,8 +203,8 @@ class PitRows(beam.PTransform):
             tagged[name] = (pc
                             | f"ByEnd[{name}]" >> beam.Map(_key_by_end, spec.group(name).window.size_ms)
                             | f"Global[{name}]" >> beam.WindowInto(bwindow.GlobalWindows()))
-        key_field = spec.group(spec.scoring_groups[0]).key_field
-        tagged[CLICKS_TAG] = pcoll | "Labels" >> beam.FlatMap(_click_label_key, key_field, label_step_ms(spec))
+        first = spec.group(spec.scoring_groups[0])
+        tagged[CLICKS_TAG] = pcoll | "Labels" >> beam.FlatMap(_click_label_key, first, label_step_ms(spec))
         return tagged | "Join" >> beam.CoGroupByKey() | "Rows" >> beam.FlatMap(_to_row, spec)
 
 
@@ -216,11 +227,11 @@ def read_json_lines(prefix: str) -> Iterator[Any]:
 
 def run_features(spec: FeatureSpec, events: Iterable[dict[str, Any]], options: PipelineOptions | None = None) -> FeatureOutput:
     """The batch pipeline on the DirectRunner, collected into a reference ``FeatureOutput``."""
-    accepted, late = split_late(spec, events)
+    tagged, late = split_late(spec, events)
     with tempfile.TemporaryDirectory(prefix="streamscore-beam-") as tmp:
         prefix = os.path.join(tmp, "features")
         with beam.Pipeline(options=options or direct_options()) as p:
-            feats = p | "Events" >> beam.Create(accepted) | "Features" >> ComputeFeatures(spec)
+            feats = p | "Events" >> beam.Create(tagged) | "Features" >> ComputeFeatures(spec)
             lines = [pc
                      | f"Global[{name}]" >> beam.WindowInto(bwindow.GlobalWindows())
                      | f"Json[{name}]" >> beam.Map(_feature_line, name) for name, pc in feats.items()]
@@ -230,37 +241,45 @@ def run_features(spec: FeatureSpec, events: Iterable[dict[str, Any]], options: P
             groups[group][(entity, int(start))] = vals
     for name, res in groups.items():
         groups[name] = dict(sorted(res.items(), key=lambda kv: (kv[0][1], kv[0][0])))
-    return FeatureOutput(groups=groups, late=late, accepted=len(accepted))
+    return FeatureOutput(groups=groups, late=late, accepted=sum(1 for t in tagged if not t[2]))
 
 
 # --- streaming -------------------------------------------------------------------------
 
 
 class LateSplitter(beam.DoFn):
-    """Stateful DoFn on a single key: the reference watermark rule in arrival order.
+    """Stateful DoFn on a single key: the reference lateness rule in arrival order.
 
-    Input ``(key, (seq, event))``; main output ``(seq, event)`` keeping its timestamp,
-    ``late`` output a dead-letter dict ``{reason, detail, watermark_ms, seq, event}``.
+    Input ``(key, (seq, event))``; main output ``(seq, event, late_groups)`` keeping its
+    timestamp, for events some group counts; ``late`` output a dead-letter dict ``{reason,
+    detail, watermark_ms, groups, seq, event}`` for events late for at least one group.
     """
 
     MAX_TS = ReadModifyWriteStateSpec("max_ts_ms", VarIntCoder())
 
-    def __init__(self, watermark_delay_ms: int) -> None:
+    def __init__(self, spec: FeatureSpec) -> None:
         super().__init__()
-        self.delay = watermark_delay_ms
+        self.spec = spec
 
     def process(self, element: tuple[Any, SeqEvent], max_ts: Any = beam.DoFn.StateParam(MAX_TS)) -> Iterator[Any]:
         seq, ev = element[1]
         ts = int(ev["ts_ms"])
         cur = max_ts.read()
-        if cur is not None and ts <= cur - self.delay:
+        wm = None if cur is None else cur - self.spec.watermark_delay_ms
+        late = late_groups(self.spec, wm, ts)
+        if late:
             yield TaggedOutput(LATE_TAG, {"reason": DeadLetterReason.LATE.value, "seq": seq, "event": ev,
-                                          "watermark_ms": cur - self.delay,
-                                          "detail": f"ts_ms {ts} <= watermark {cur - self.delay}"})
-            return
+                                          "watermark_ms": wm, "groups": list(late),
+                                          "detail": late_detail(ts, wm, late)})
         if cur is None or ts > cur:
             max_ts.write(ts)
-        yield seq, ev  # keeps its event timestamp
+        if len(late) < len(self.spec.groups):
+            yield seq, ev, late  # keeps its event timestamp
+
+
+def late_detail(ts_ms: int, watermark_ms: int | None, groups: Iterable[str]) -> str:
+    """The dead-letter detail of an event late for ``groups``."""
+    return f"ts_ms {ts_ms} <= watermark {watermark_ms} - allowed lateness, for groups {','.join(groups)}"
 
 
 def _single_key(element: SeqEvent) -> tuple[int, SeqEvent]:
@@ -279,7 +298,7 @@ class StreamingFeatures(beam.PTransform):
         split = (pcoll
                  | "OneKey" >> beam.Map(_single_key).with_output_types(
                      beam.typehints.Tuple[int, beam.typehints.Any])
-                 | "Lateness" >> beam.ParDo(LateSplitter(self.spec.watermark_delay_ms)).with_outputs(
+                 | "Lateness" >> beam.ParDo(LateSplitter(self.spec)).with_outputs(
                      LATE_TAG, main="accepted"))
         out = dict(split.accepted | "Features" >> ComputeFeatures(self.spec))
         out[LATE_TAG] = split[LATE_TAG]
@@ -287,17 +306,18 @@ class StreamingFeatures(beam.PTransform):
 
 
 def reference_test_stream(spec: FeatureSpec, events: Iterable[dict[str, Any]]) -> TestStream:
-    """A TestStream of ``(seq, event)`` in arrival order whose watermark follows the spec:
-    after each event it advances to ``max(ts_ms) - watermark_delay_ms`` (when that grows),
-    then to infinity."""
+    """A TestStream of ``(seq, event)`` in arrival order whose watermark follows the spec
+    less the largest allowed lateness: after each event it advances to ``max(ts_ms) -
+    watermark_delay_ms - max_allowed_lateness_ms`` (when that grows), then to infinity."""
     stream = TestStream()
     max_ts: int | None = None
     wm: int | None = None
+    lag_ms = spec.watermark_delay_ms + spec.max_allowed_lateness_ms
     for seq, ev in enumerate(events):
         stream.add_elements([bwindow.TimestampedValue((seq, ev), event_timestamp(ev))])
         ts = int(ev["ts_ms"])
         max_ts = ts if max_ts is None else max(max_ts, ts)
-        if wm is None or max_ts - spec.watermark_delay_ms > wm:
-            wm = max_ts - spec.watermark_delay_ms
+        if wm is None or max_ts - lag_ms > wm:
+            wm = max_ts - lag_ms
             stream.advance_watermark_to(Timestamp(micros=wm * 1000))
     return stream.advance_watermark_to_infinity()

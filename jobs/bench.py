@@ -41,6 +41,7 @@ from jobs.paths import REGISTRY, ROOT, git_commit
 from jobs.procstats import TreeSampler
 from transforms.codecs import decode
 from transforms.spec import load_spec
+from transforms.sql_compiler import source_watermark_ms
 
 RESULTS = ROOT / "bench" / "results.jsonl"
 HISTORY = ROOT / "bench" / "history.html"
@@ -76,7 +77,10 @@ def _sustained_rate(event_ts: np.ndarray, snapshots: list[tuple[Any, dict[str, A
 
 
 def _latency_phase(bootstrap: str, broker_pid: int, rate: float, seconds: float, spec_delay_ms: int,
-                   registry: str) -> dict[str, Any]:
+                   registry: str, lag_ms: int | None = None) -> dict[str, Any]:
+    """Scores' latency from the close of their window in the spec (``end + spec_delay_ms``:
+    the scoring groups' watermark); the job fires ``lag_ms - spec_delay_ms`` later still
+    (its source watermark lags by the spec's largest allowed lateness), which this counts."""
     topics = fresh_topics(bootstrap, "lat")
     env = job_env(bootstrap, topics, STREAMSCORE_BOUNDED="false", STREAMSCORE_REGISTRY=registry)
     proc = subprocess.Popen(job_command("--unbounded"), env=env, cwd=ROOT, text=True,
@@ -93,7 +97,7 @@ def _latency_phase(bootstrap: str, broker_pid: int, rate: float, seconds: float,
         _log(f"latency phase: replaying {n} events at ~{rate:,.0f}/s with event time = wall clock")
         time.sleep(max(0.0, (events[0]["ts_ms"] - offset) / 1000 - time.time()))
         produce_events(bootstrap, topics["events"], _paced(events, offset), total=n, progress=False)
-        time.sleep(3 + spec_delay_ms / 1000)
+        time.sleep(3 + (lag_ms if lag_ms is not None else spec_delay_ms) / 1000)
     finally:
         stop_job(proc)
     scores = read_topic(bootstrap, topics["scores"], lambda v: decode(v, "scored_result"))
@@ -166,7 +170,7 @@ def bench(n_events: int, peer_events: int, latency_s: float, label: str, env_ove
         job_info, job_stats = _run_job(env_job, broker_pid, [])
         job_rate = n_events / job_info["running_s"]
         out = read_outputs(broker.bootstrap, topics["scores"], topics["feature-snapshots"], topics["dead-letters"])
-        sustained = _sustained_rate(event_ts, out.snapshots, spec.watermark_delay_ms)
+        sustained = _sustained_rate(event_ts, out.snapshots, source_watermark_ms(spec))  # windows fire at that lag
         _log(f"job {job_rate:,.0f} events/s (sustained {sustained or 0:,.0f}); {len(out.scores)} scores")
 
         peer_n = min(peer_events, n_events)
@@ -180,8 +184,9 @@ def bench(n_events: int, peer_events: int, latency_s: float, label: str, env_ove
                    for k in checked)
         _log(f"peer {peer.events_per_s:,.0f} events/s; features equal on {same}/{len(checked)} sampled windows")
 
-        lat = _latency_phase(broker.bootstrap, broker_pid, 0.5 * job_rate, latency_s, spec.watermark_delay_ms,
-                             str(REGISTRY)) if latency_s > 0 else {"p50_ms": None, "p99_ms": None}
+        lat = _latency_phase(broker.bootstrap, broker_pid, 0.5 * job_rate, latency_s,
+                             spec.watermark_delay_ms + spec.scoring_lateness_ms, str(REGISTRY),
+                             source_watermark_ms(spec)) if latency_s > 0 else {"p50_ms": None, "p99_ms": None}
         peak_rss = {**job_stats.peak_rss_by_process()}
         result = {
             "label": label, "commit": git_commit(), "machine": _machine(), "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

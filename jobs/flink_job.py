@@ -39,12 +39,17 @@ from transforms.serving import ServingConfig  # noqa: E402
 from transforms.spec import FeatureSpec, load_spec  # noqa: E402
 from transforms.sql_compiler import (  # noqa: E402
     STDDEV_FUNCTION,
+    accepted_condition,
     feature_column,
+    group_input_query,
     group_query,
     interval,
     label_query,
+    late_condition,
+    late_detail_sql,
     scoring_input_query,
     snapshot_query,
+    source_watermark_ms,
 )
 
 
@@ -172,7 +177,7 @@ def source_ddl(cfg: JobConfig, spec: FeatureSpec) -> str:
         " `headers` MAP<STRING, BYTES> METADATA FROM 'headers' VIRTUAL,"
         f" `ev` AS {decode_call(cfg)},"
         f" `ts` AS TO_TIMESTAMP_LTZ(COALESCE({decode_call(cfg)}.`ts_ms`, 0), 3),"
-        f" WATERMARK FOR `ts` AS `ts` - {interval(spec.watermark_delay_ms)}"
+        f" WATERMARK FOR `ts` AS `ts` - {interval(source_watermark_ms(spec))}"
         ") WITH ("
         f"'connector'='kafka', 'topic'='{cfg.events_topic}', {cfg.kafka_security.flink_options_sql()}"
         f"'properties.bootstrap.servers'='{cfg.bootstrap_servers}', 'properties.group.id'='{cfg.group_id}', "
@@ -263,16 +268,16 @@ def build(cfg: JobConfig, ceiling: bool = False) -> BuiltJob:
     t_env.create_java_temporary_system_function(STDDEV_FUNCTION, "io.streamscore.udf.StddevPop")
     t_env.create_java_temporary_system_function("count_reason", "io.streamscore.udf.CountReason")
     t_env.execute_sql(source_ddl(cfg, spec))
-    ev_cols = ", ".join(f"`ev`.`{c}` AS `{c}`" for c in field_names("event"))
+    ev_cols = ", ".join(f"`ev`.`{c}` AS `{c}`" for c in field_names("event", max(versions)))
     t_env.execute_sql(
         f"CREATE TEMPORARY VIEW decoded AS SELECT {ev_cols}, `ev`.`reason` AS reason, `ev`.`detail` AS detail,"
         " `value` AS `raw_value`, src_partition, src_offset, ts FROM events_raw")
     t_env.execute_sql(
-        "CREATE TEMPORARY VIEW accepted_events AS SELECT * FROM decoded WHERE reason IS NULL"
-        " AND (CURRENT_WATERMARK(ts) IS NULL OR ts > CURRENT_WATERMARK(ts))")
+        f"CREATE TEMPORARY VIEW accepted_events AS SELECT * FROM decoded WHERE reason IS NULL AND {accepted_condition()}")
     for g in spec.groups:
         attrs = ATTRIBUTES if not ceiling and g.name == spec.scoring_groups[0] else ()
-        t_env.execute_sql(f"CREATE TEMPORARY VIEW grp_{g.name} AS {group_query(g, 'accepted_events', attrs)}")
+        t_env.execute_sql(f"CREATE TEMPORARY VIEW in_{g.name} AS {group_input_query(g, spec, 'accepted_events')}")
+        t_env.execute_sql(f"CREATE TEMPORARY VIEW grp_{g.name} AS {group_query(g, f'in_{g.name}', attrs)}")
     if ceiling:
         return BuiltJob(t_env, _ceiling_statements(t_env, spec), spec)
 
@@ -286,9 +291,8 @@ def build(cfg: JobConfig, ceiling: bool = False) -> BuiltJob:
         "INSERT INTO dead_letters_sink"
         f" SELECT count_reason(reason), COALESCE(detail, ''), '{topic}', src_partition, src_offset,"
         " COALESCE(`raw_value`, x''), 1 FROM decoded WHERE reason IS NOT NULL"
-        f" UNION ALL SELECT count_reason('late'), 'event time at or behind the watermark', '{topic}', src_partition,"
-        " src_offset, `raw_value`, 1 FROM decoded WHERE reason IS NULL AND CURRENT_WATERMARK(ts) IS NOT NULL"
-        " AND ts <= CURRENT_WATERMARK(ts)")
+        f" UNION ALL SELECT count_reason('late'), {late_detail_sql(spec)}, '{topic}', src_partition,"
+        f" src_offset, `raw_value`, 1 FROM decoded WHERE reason IS NULL AND {late_condition(spec)}")
     snaps = " UNION ALL ".join(
         f"SELECT CONCAT('{g.name}|', entity_id), * FROM ({snapshot_query(g, f'grp_{g.name}', spec.version)})"
         for g in spec.groups)
@@ -299,7 +303,7 @@ def build(cfg: JobConfig, ceiling: bool = False) -> BuiltJob:
                           cfg.serving_threshold) if cfg.online_eval else None
     labels_view = None
     if eval_cfg is not None:
-        t_env.execute_sql("CREATE TEMPORARY VIEW click_events AS SELECT user_id, ts FROM accepted_events"
+        t_env.execute_sql(f"CREATE TEMPORARY VIEW click_events AS SELECT user_id, ts FROM in_{spec.scoring_groups[0]}"
                           " WHERE event_type = 'click'")
         t_env.execute_sql("CREATE TEMPORARY VIEW click_windows AS "
                           + label_query(eval_cfg.step_ms, eval_cfg.attribution_ms, "click_events"))

@@ -22,6 +22,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="events per second of event time")
     ap.add_argument("--out-of-order", type=float, default=0.0, help="fraction displaced within the watermark delay")
     ap.add_argument("--late", type=float, default=0.0, help="fraction displaced beyond it (late)")
+    ap.add_argument("--tardy", type=float, default=0.0,
+                    help="fraction displaced back 1-7 s: around the watermark and the groups' allowed lateness")
+    ap.add_argument("--no-categories", action="store_true",
+                    help="write event.v1 records without item_category (default: event.v2 with it)")
     ap.add_argument("--malformed-every", type=int, default=0, help="one malformed record after every N events")
     ap.add_argument("--rate", type=float, default=0.0, help="records per second of wall time; 0 = as fast as possible")
     ap.add_argument("--bootstrap", default="127.0.0.1:9092")
@@ -29,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--avro-file", type=Path, help="write an Avro container file instead of producing to Kafka")
     args = ap.parse_args(argv)
     cfg = TrafficConfig(seed=args.seed, n_users=args.users, n_items=args.items, event_rate_per_s=args.event_rate,
-                        out_of_order_fraction=args.out_of_order, late_fraction=args.late)
+                        out_of_order_fraction=args.out_of_order, late_fraction=args.late, tardy_fraction=args.tardy,
+                        item_categories=not args.no_categories)
     events = generate_events(args.events, cfg)
     if args.avro_file:
         n = write_avro_file(args.avro_file, events)

@@ -47,15 +47,25 @@ class TrafficConfig:
     out_of_order_max_ms: int = 1_500  # keep below the spec's watermark_delay_ms
     late_fraction: float = 0.0  # displaced back by late_ms: late for the watermark
     late_ms: int = 120_000
+    # displaced back by tardy_min_ms..tardy_max_ms: around the watermark, so some are on
+    # time, some late but within a group's allowed lateness, some beyond it
+    tardy_fraction: float = 0.0
+    tardy_min_ms: int = 1_000
+    tardy_max_ms: int = 7_000
+    item_categories: bool = True  # events carry item_category (event.v2; null for every fifth item)
 
     def __post_init__(self) -> None:
         if self.n_users < 1 or self.n_items < 1:
             raise ValueError("n_users and n_items must be >= 1")
         if self.event_rate_per_s <= 0 or self.mean_session_impressions < 1:
             raise ValueError("event_rate_per_s must be > 0 and mean_session_impressions >= 1")
-        for name in ("out_of_order_fraction", "late_fraction"):
+        for name in ("out_of_order_fraction", "late_fraction", "tardy_fraction"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1)")
+        if self.out_of_order_fraction + self.late_fraction + self.tardy_fraction >= 1.0:
+            raise ValueError("out_of_order_fraction + late_fraction + tardy_fraction must be < 1")
+        if not 0 < self.tardy_min_ms <= self.tardy_max_ms:
+            raise ValueError("need 0 < tardy_min_ms <= tardy_max_ms")
 
 
 def _zipf_weights(n: int, a: float, rng: np.random.Generator) -> np.ndarray:
@@ -157,7 +167,9 @@ def generate_events(n_events: int, cfg: TrafficConfig = TrafficConfig()) -> Iter
                 ts -= cfg.late_ms
             elif r < cfg.late_fraction + cfg.out_of_order_fraction:
                 ts -= perturb.randint(1, cfg.out_of_order_max_ms)
-            yield {
+            elif r < cfg.late_fraction + cfg.out_of_order_fraction + cfg.tardy_fraction:
+                ts -= perturb.randint(cfg.tardy_min_ms, cfg.tardy_max_ms)
+            ev = {
                 "event_id": f"e{cfg.seed}-{emitted}",
                 "user_id": f"u{u}",
                 "item_id": f"i{it}",
@@ -167,6 +179,7 @@ def generate_events(n_events: int, cfg: TrafficConfig = TrafficConfig()) -> Iter
                 "device": DEVICES[model.user_device[u]],
                 "region": REGIONS[model.user_region[u]],
             }
+            yield as_v2(ev) if cfg.item_categories else ev
             emitted += 1
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import fastavro
 
 from jobs.generator import EXPECTED_REASON, MALFORMED_KINDS, malformed_record
-from transforms.codecs import encode_event, parsed_schema
+from transforms.codecs import event_message, latest_version, parsed_schema
 
 
 @dataclass
@@ -77,9 +77,9 @@ def produce_events(
     t0 = time.monotonic()
     sent = 0
 
-    def send(key: bytes | None, value: bytes) -> None:
+    def send(key: bytes | None, value: bytes, headers: list[tuple[str, bytes]] | None = None) -> None:
         nonlocal sent
-        produce_one(prod, topic, key, value)
+        produce_one(prod, topic, key, value, headers)
         sent += 1
         if rate_per_s:
             ahead = sent / rate_per_s - (time.monotonic() - t0)
@@ -92,7 +92,7 @@ def produce_events(
                 _progress("produce", sent, total, t0)
 
     for ev in events:
-        send(ev["user_id"].encode(), encode_event(ev))
+        send(ev["user_id"].encode(), *event_message(ev))
         rep.events += 1
         if malformed_every and rep.events % malformed_every == 0:
             kind = MALFORMED_KINDS[rep.malformed % len(MALFORMED_KINDS)]
@@ -121,8 +121,8 @@ def write_avro_file(path: Path, events: Iterable[dict[str, Any]], codec: str = "
             n += 1
             yield ev
 
-    with open(path, "wb") as fh:
-        fastavro.writer(fh, parsed_schema("event"), counted(), codec=codec)
+    with open(path, "wb") as fh:  # the newest schema: v1 events (no item_category) get its null default
+        fastavro.writer(fh, parsed_schema("event", latest_version("event")), counted(), codec=codec)
     return n
 
 

@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
 
         events = list(read_avro_events(args.avro_file))
     else:
-        cfg = TrafficConfig(seed=args.seed, out_of_order_fraction=0.05, late_fraction=0.005)
+        cfg = TrafficConfig(seed=args.seed, out_of_order_fraction=0.05, late_fraction=0.005, tardy_fraction=0.01)
         events = list(generate_events(args.events, cfg))
     engines = tuple(e.strip() for e in args.engines.split(",") if e.strip())
     broker = kafka_local.BrokerConfig.from_env()

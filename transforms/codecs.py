@@ -188,6 +188,18 @@ def encode_event(event: dict[str, Any], version: int = 1) -> bytes:
     return encode(event, "event", version)
 
 
+def event_message(event: dict[str, Any]) -> tuple[bytes, list[tuple[str, bytes]] | None]:
+    """Kafka value and headers of an event: event.v2 with a ``schema-version: 2`` header
+    when it has an ``item_category`` key, else event.v1 and no header.
+
+    >>> event_message({**make_event("e", "u", "i", 1, "click"), "item_category": "news"})[1]
+    [('schema-version', b'2')]
+    """
+    if "item_category" in event:
+        return encode_event(event, 2), [(SCHEMA_VERSION_HEADER, b"2")]
+    return encode_event(event), None
+
+
 def decode_event(raw: bytes, version: int = 1) -> dict[str, Any]:
     rec = decode(raw, "event", version)
     if not isinstance(rec, dict):

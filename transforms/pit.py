@@ -25,7 +25,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
-from transforms.reference import FeatureOutput, GroupWindower, mark_late, model_rows
+from transforms.reference import FeatureOutput, GroupWindower, mark_late_groups, model_rows
 from transforms.spec import FeatureSpec
 
 Row = dict[str, Any]
@@ -38,8 +38,10 @@ def label_step_ms(spec: FeatureSpec) -> int:
 
 
 def accepted_events(spec: FeatureSpec, events: Iterable[dict[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
-    """``(seq, event)`` of the events that are not late (``seq`` = arrival index, late ones included)."""
-    return [(seq, ev) for seq, (ev, late) in enumerate(mark_late(events, spec.watermark_delay_ms)) if not late]
+    """``(seq, event)`` of the events not late for the scoring groups (which share one
+    allowed lateness; ``seq`` = arrival index, late ones included)."""
+    first = spec.scoring_groups[0]
+    return [(seq, ev) for seq, (ev, late) in enumerate(mark_late_groups(spec, events)) if first not in late]
 
 
 def make_row(spec: FeatureSpec, user_id: str, window_end_ms: int, label: int, vector: Iterable[float]) -> Row:
@@ -57,13 +59,14 @@ def pit_rows(spec: FeatureSpec, accepted: Iterable[tuple[int, dict[str, Any]]]) 
     """Rows from already accepted ``(seq, event)``, sorted by ``(window_end_ms, user_id)``."""
     accepted = list(accepted)
     windowers = [GroupWindower(spec.group(name)) for name in spec.scoring_groups]
-    key_field = windowers[0].group.key_field
+    first = windowers[0].group
     clicks: dict[str, list[int]] = defaultdict(list)
     for seq, ev in accepted:
         for w in windowers:
             w.add(ev, seq)
-        if ev["event_type"] == "click":
-            clicks[ev[key_field]].append(int(ev["ts_ms"]))
+        key = first.key(ev)
+        if ev["event_type"] == "click" and key is not None:
+            clicks[key].append(int(ev["ts_ms"]))
     for ts in clicks.values():
         ts.sort()
     step = label_step_ms(spec)

@@ -4,7 +4,14 @@ bounded-out-of-orderness watermarks, evaluated one event at a time in arrival or
 It defines the semantics the Flink SQL and Beam compilations must reproduce:
 
 * the watermark after an event is ``max(ts_ms) - watermark_delay_ms`` over events so far;
-* an event with ``ts_ms <= watermark`` on arrival is late (dead-lettered, reason ``late``);
+* an event is late for a group when ``ts_ms <= watermark - allowed_lateness_ms`` of that
+  group on arrival; it then counts in none of that group's windows. An event late for at
+  least one group is dead-lettered (reason ``late``, the groups named in its detail); it
+  still counts in the groups it is not late for. A group's windows close (fire once, final)
+  when the watermark reaches ``window_end + allowed_lateness_ms``, so none of its accepted
+  events ever meets a closed window;
+* an event without an entity id for a group (the user x item-category pair of an event
+  whose ``item_category`` is null) is left out of that group (``spec.entity_key``);
 * tumbling windows are ``[k*size, (k+1)*size)``; hopping windows of ``size``/``slide``
   are ``[k*slide, k*slide + size)``;
 * session windows (``gap``) are per entity: its accepted events sorted by ``ts_ms``, an
@@ -66,7 +73,8 @@ def sessions(ts_ms: Iterable[int], gap_ms: int) -> list[tuple[int, int]]:
 
 
 def mark_late(events: Iterable[dict[str, Any]], watermark_delay_ms: int) -> Iterator[tuple[dict[str, Any], bool]]:
-    """Yield ``(event, is_late)`` in arrival order under the watermark rule above."""
+    """Yield ``(event, is_late)`` in arrival order under the watermark rule above (for a
+    group with no allowed lateness)."""
     watermark: int | None = None
     for ev in events:
         ts = ev["ts_ms"]
@@ -77,9 +85,37 @@ def mark_late(events: Iterable[dict[str, Any]], watermark_delay_ms: int) -> Iter
             watermark = cand
 
 
+def late_groups(spec: FeatureSpec, watermark_ms: int | None, ts_ms: int) -> tuple[str, ...]:
+    """Names of the groups an event at ``ts_ms`` is late for, arriving when the spec
+    watermark is ``watermark_ms`` (None: no event yet).
+
+    >>> from transforms.spec import load_spec
+    >>> spec = load_spec()
+    >>> late_groups(spec, 10_000, 9_000) == tuple(g.name for g in spec.groups if g.allowed_lateness_ms < 1_000)
+    True
+    >>> late_groups(spec, 10_000, 10_001), late_groups(spec, None, 0)
+    ((), ())
+    """
+    if watermark_ms is None or ts_ms > watermark_ms:
+        return ()
+    return tuple(g.name for g in spec.groups if ts_ms <= watermark_ms - g.allowed_lateness_ms)
+
+
+def mark_late_groups(spec: FeatureSpec, events: Iterable[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], tuple[str, ...]]]:
+    """Yield ``(event, late_groups)`` in arrival order under the rule above."""
+    watermark: int | None = None
+    for ev in events:
+        ts = ev["ts_ms"]
+        yield ev, late_groups(spec, watermark, ts)
+        cand = ts - spec.watermark_delay_ms
+        if watermark is None or cand > watermark:
+            watermark = cand
+
+
 @dataclass
 class FeatureOutput:
-    """Per group: ``{(entity_id, window_start_ms): {feature: value}}``; plus late events."""
+    """Per group: ``{(entity_id, window_start_ms): {feature: value}}``; plus the events
+    late for at least one group (``late``; ``accepted`` counts those late for none)."""
 
     groups: dict[str, dict[WindowKey, dict[str, float]]] = field(default_factory=dict)
     late: list[dict[str, Any]] = field(default_factory=list)
@@ -99,7 +135,9 @@ class GroupWindower:
         self._pending: dict[str, list[tuple[int, int, dict[str, Any]]]] = {}  # sessions: (ts, seq, event)
 
     def add(self, ev: dict[str, Any], seq: int) -> None:
-        key = ev[self.group.key_field]
+        key = self.group.key(ev)
+        if key is None:
+            return
         if not self.group.window.aligned:
             self._pending.setdefault(key, []).append((ev["ts_ms"], seq, ev))
             return
@@ -136,13 +174,14 @@ def compute_features(spec: FeatureSpec, events: Iterable[dict[str, Any]]) -> Fea
     """Run every group of ``spec`` over valid, decoded ``events`` (arrival order)."""
     windowers = [GroupWindower(g) for g in spec.groups]
     out = FeatureOutput()
-    for seq, (ev, late) in enumerate(mark_late(events, spec.watermark_delay_ms)):
+    for seq, (ev, late) in enumerate(mark_late_groups(spec, events)):
         if late:
             out.late.append(ev)
-            continue
-        out.accepted += 1
+        else:
+            out.accepted += 1
         for w in windowers:
-            w.add(ev, seq)
+            if w.group.name not in late:
+                w.add(ev, seq)
     out.groups = {w.group.name: w.results() for w in windowers}
     out.session_ends = {w.group.name: w.ends for w in windowers if not w.group.window.aligned}
     return out

@@ -8,6 +8,10 @@ load, with a fingerprint that versions the feature set.
 False
 >>> len(spec.version)
 16
+>>> entity_key("user_category", {"user_id": "u|1", "item_category": "news"})
+'u\\\\|1|news'
+>>> entity_key("user_category", {"user_id": "u1", "item_category": None}) is None
+True
 """
 
 from __future__ import annotations
@@ -21,7 +25,10 @@ from typing import Any
 import yaml
 
 DEFAULT_SPEC_PATH = Path(__file__).resolve().parent / "specs" / "default.yaml"
-ENTITY_FIELDS = {"user": "user_id", "item": "item_id"}
+# entity -> the event field (or, for the pair, the derived column) a group is keyed by
+ENTITY_FIELDS = {"user": "user_id", "item": "item_id", "user_category": "user_category"}
+CATEGORY_FIELD = "item_category"  # event.v2; null (or absent, v1) when the item's category is unknown
+PAIR_SEPARATOR = "|"
 NUMERIC_FIELDS = ("dwell_ms",)
 KEY_FIELDS = ("item_id", "user_id", "device", "region")
 AGGS = ("count", "sum", "mean", "min", "max", "stddev", "last", "distinct_count", "ratio")
@@ -31,6 +38,27 @@ WINDOW_KINDS = ("tumbling", "hopping", "session")
 
 class SpecError(ValueError):
     """The feature spec is invalid."""
+
+
+def escape_key_part(part: str) -> str:
+    """One part of a composite entity id: ``\\`` and ``|`` are backslash-escaped, so the
+    joined id is unambiguous (``("a|b", "c")`` and ``("a", "b|c")`` differ)."""
+    return part.replace("\\", "\\\\").replace(PAIR_SEPARATOR, "\\" + PAIR_SEPARATOR)
+
+
+def entity_key(entity: str, event: dict[str, Any]) -> str | None:
+    """The entity id of ``event`` for groups keyed by ``entity``; ``None`` when the event
+    has none (the user x item-category pair of an event whose ``item_category`` is null or
+    absent): such an event is left out of that entity's groups, in every engine.
+
+    The pair's id is ``escape(user_id) + "|" + escape(item_category)``."""
+    if entity == "user_category":
+        category = event.get(CATEGORY_FIELD)
+        if category is None:
+            return None
+        return escape_key_part(str(event["user_id"])) + PAIR_SEPARATOR + escape_key_part(str(category))
+    value = event[ENTITY_FIELDS[entity]]
+    return None if value is None else str(value)
 
 
 @dataclass(frozen=True)
@@ -94,10 +122,17 @@ class FeatureGroup:
     entity: str
     window: Window
     features: tuple[Feature, ...]
+    # events up to this far behind the watermark still count in this group's windows, which
+    # close (fire, once) when the watermark reaches ``window_end + allowed_lateness_ms``
+    allowed_lateness_ms: int = 0
 
     @property
     def key_field(self) -> str:
         return ENTITY_FIELDS[self.entity]
+
+    def key(self, event: dict[str, Any]) -> str | None:
+        """This group's entity id of ``event`` (None: the event is not in this group)."""
+        return entity_key(self.entity, event)
 
     @property
     def feature_names(self) -> tuple[str, ...]:
@@ -111,6 +146,17 @@ class FeatureSpec:
     scoring_groups: tuple[str, ...]
     watermark_delay_ms: int
     version: str = field(default="", compare=False)
+
+    @property
+    def max_allowed_lateness_ms(self) -> int:
+        """The largest allowed lateness of any group: the Flink source watermark lags the
+        spec watermark by this much, so every group's windows are still open for it."""
+        return max(g.allowed_lateness_ms for g in self.groups)
+
+    @property
+    def scoring_lateness_ms(self) -> int:
+        """The allowed lateness of the scoring groups (one value; labels use it too)."""
+        return self.group(self.scoring_groups[0]).allowed_lateness_ms
 
     def group(self, name: str) -> FeatureGroup:
         for g in self.groups:
@@ -165,6 +211,12 @@ def _group(raw: dict[str, Any]) -> FeatureGroup:
     entity = raw.get("entity")
     if entity not in ENTITY_FIELDS:
         raise SpecError(f"group {name!r}: entity {entity!r} is not one of {sorted(ENTITY_FIELDS)}")
+    unknown = set(raw) - {"name", "entity", "window", "features", "allowed_lateness_ms"}
+    if unknown:
+        raise SpecError(f"group {name!r}: unknown keys {sorted(unknown)}")
+    lateness = raw.get("allowed_lateness_ms", 0)
+    if isinstance(lateness, bool) or not isinstance(lateness, int) or lateness < 0:
+        raise SpecError(f"group {name!r}: allowed_lateness_ms {lateness!r} must be an integer >= 0")
     win = raw.get("window") or {}
     if not isinstance(win, dict):
         raise SpecError(f"group {name!r}: window must be a mapping, not {win!r}")
@@ -190,7 +242,7 @@ def _group(raw: dict[str, Any]) -> FeatureGroup:
     for f in feats:
         if f.agg == "ratio" and not {f.numerator, f.denominator} <= plain:
             raise SpecError(f"group {name!r}: ratio {f.name!r} must refer to non-ratio features of the group")
-    return FeatureGroup(name, entity, window, feats)
+    return FeatureGroup(name, entity, window, feats, lateness)
 
 
 def canonical(spec: FeatureSpec) -> str:
@@ -198,6 +250,8 @@ def canonical(spec: FeatureSpec) -> str:
     groups = sorted((asdict(g) for g in spec.groups), key=lambda g: g["name"])
     for g in groups:  # unset window fields are left out, so tumbling/hopping versions keep their value
         g["window"] = {k: v for k, v in g["window"].items() if not (k == "gap_ms" and v is None)}
+        if not g["allowed_lateness_ms"]:  # as for gap_ms: groups without lateness keep their version
+            del g["allowed_lateness_ms"]
     body = {"groups": groups, "scoring": [spec.scoring_entity, list(spec.scoring_groups)],
             "watermark_delay_ms": spec.watermark_delay_ms}
     return json.dumps(body, sort_keys=True, separators=(",", ":"))
@@ -228,6 +282,9 @@ def parse_spec(raw: dict[str, Any]) -> FeatureSpec:
     steps = {by_name[n].window.step_ms for n in sgroups}
     if len(steps) != 1:
         raise SpecError("scoring groups must all emit at the same step (tumble size == hop slide)")
+    if len({by_name[n].allowed_lateness_ms for n in sgroups}) != 1:
+        raise SpecError("scoring groups must all have the same allowed_lateness_ms (their windows are joined "
+                        "and labelled at one close time)")
     delay = int(raw.get("watermark_delay_ms", 0))
     if delay < 0:
         raise SpecError("watermark_delay_ms must be >= 0")

@@ -15,6 +15,14 @@ watermark earlier than the reference: an accepted event exactly ``gap_ms - 1`` a
 session's last one, arriving when the watermark is exactly 1 ms below its ``ts_ms``,
 opens a new session in Flink but extends it in the reference.
 
+Allowed lateness: Flink's window TVFs have none, so the source watermark lags the spec
+watermark by the spec's largest ``allowed_lateness_ms`` (:func:`source_watermark_ms`):
+``CURRENT_WATERMARK(ts)`` is then ``W - max_lateness`` for the spec watermark ``W``, and a
+group with lateness ``L`` counts an event when ``ts > CURRENT_WATERMARK(ts) + (max_lateness
+- L)`` (:func:`group_input_query`), the reference's ``ts > W - L``. Every counted event is
+past the Flink watermark, so no window TVF drops it; every window closes at ``end +
+max_lateness`` of spec watermark, its content is the reference's.
+
 >>> from transforms.spec import load_spec
 >>> sql = group_query(load_spec().group("user_tumble_10s"), "accepted_events")
 >>> "TUMBLE(TABLE accepted_events" in sql
@@ -23,7 +31,7 @@ True
 
 from __future__ import annotations
 
-from transforms.spec import Feature, FeatureGroup, FeatureSpec
+from transforms.spec import CATEGORY_FIELD, PAIR_SEPARATOR, Feature, FeatureGroup, FeatureSpec
 
 
 def interval(ms: int) -> str:
@@ -94,6 +102,72 @@ def _outer(f: Feature, by_name: dict[str, Feature]) -> str:
         den = _outer(by_name[f.denominator], by_name)  # type: ignore[index]
         return f"CASE WHEN ({den}) = 0 THEN {d} ELSE ({num}) / ({den}) END"
     raise ValueError(f"no outer expression for {f.agg}")
+
+
+def source_watermark_ms(spec: FeatureSpec) -> int:
+    """How far the Flink source watermark lags the latest event time."""
+    return spec.watermark_delay_ms + spec.max_allowed_lateness_ms
+
+
+def _escaped(column: str) -> str:
+    """SQL twin of ``spec.escape_key_part`` (SQL string literals take ``\\`` as is)."""
+    return f"REPLACE(REPLACE({_q(column)}, '\\', '\\\\'), '{PAIR_SEPARATOR}', '\\{PAIR_SEPARATOR}')"
+
+
+def entity_key_sql(entity: str) -> str:
+    """SQL twin of ``spec.entity_key`` for derived keys (the user x item-category pair).
+
+    >>> entity_key_sql("user_category")
+    "CONCAT(REPLACE(REPLACE(`user_id`, '\\\\', '\\\\\\\\'), '|', '\\\\|'), '|', REPLACE(REPLACE(`item_category`, '\\\\', '\\\\\\\\'), '|', '\\\\|'))"
+    """
+    if entity != "user_category":
+        raise ValueError(f"entity {entity!r} is an event field, not a derived key")
+    return f"CONCAT({_escaped('user_id')}, '{PAIR_SEPARATOR}', {_escaped(CATEGORY_FIELD)})"
+
+
+def _behind_watermark(lag_ms: int) -> str:
+    """``ts`` at or behind the Flink watermark plus ``lag_ms`` (false before any watermark)."""
+    shift = f" + {interval(lag_ms)}" if lag_ms else ""
+    return f"(CURRENT_WATERMARK(ts) IS NOT NULL AND ts <= CURRENT_WATERMARK(ts){shift})"
+
+
+def group_input_query(group: FeatureGroup, spec: FeatureSpec, source: str) -> str:
+    """The events ``group`` counts, from ``source`` (the events counted by some group, i.e.
+    past the Flink watermark): those not late for it, with an entity id for it.
+
+    >>> from transforms.spec import load_spec
+    >>> spec = load_spec()
+    >>> "item_category` IS NOT NULL" in group_input_query(spec.group("user_category_tumble_30s"), spec, "src")
+    True
+    """
+    cols, where = "*", []
+    if group.entity == "user_category":
+        cols = f"*, {entity_key_sql(group.entity)} AS {_q(group.key_field)}"
+        where.append(f"{_q(CATEGORY_FIELD)} IS NOT NULL")
+    lag = spec.max_allowed_lateness_ms - group.allowed_lateness_ms
+    if lag:
+        where.append(f"NOT {_behind_watermark(lag)}")
+    return f"SELECT {cols} FROM {source}" + (" WHERE " + " AND ".join(where) if where else "")
+
+
+def accepted_condition() -> str:
+    """Events some group counts: past the Flink watermark (see the module doc)."""
+    return f"NOT {_behind_watermark(0)}"
+
+
+def late_condition(spec: FeatureSpec) -> str:
+    """Events late for at least one group (the dead-lettered ones)."""
+    least = min(g.allowed_lateness_ms for g in spec.groups)
+    return _behind_watermark(spec.max_allowed_lateness_ms - least)
+
+
+def late_detail_sql(spec: FeatureSpec) -> str:
+    """The dead-letter detail of a late event: the groups it is late for."""
+    names = ", ".join(
+        f"CASE WHEN {_behind_watermark(spec.max_allowed_lateness_ms - g.allowed_lateness_ms)} THEN '{g.name}' END"
+        for g in spec.groups)
+    return ("CONCAT('event time at or behind the watermark less allowed lateness, for groups ', "
+            f"CONCAT_WS(',', {names}))")
 
 
 def feature_column(name: str) -> str:

@@ -1,5 +1,7 @@
 """Incremental event-time windowing over the reference semantics: add events in arrival
-order, and fire each window once the watermark reaches its end (``watermark >= end - 1``);
+order, and fire each window once the watermark reaches its end plus the group's allowed
+lateness (``watermark - allowed_lateness_ms >= end - 1``); an event late for some groups
+still counts in the others;
 session windows merge per entity as events arrive and fire the same way. Used by the plain-Python
 peer of the benchmark; ``reference.compute_features`` is its batch twin, and a unit test
 shows the two agree.
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from transforms.aggregates import Acc, GroupAggregator
-from transforms.reference import window_starts
+from transforms.reference import late_groups, window_starts
 from transforms.spec import FeatureGroup, FeatureSpec
 
 
@@ -52,21 +54,24 @@ class StreamingFeatures:
         # session groups: the open sessions of each entity (disjoint, few per entity)
         self.sessions: dict[str, dict[str, list[_Session]]] = {
             g.name: {} for g in spec.groups if not g.window.aligned}
-        self.timers: list[tuple[int, str, str, int]] = []  # (end, group, entity, start); sessions: may be stale
+        # (end + allowed lateness, group, entity, start); sessions: may be stale
+        self.timers: list[tuple[int, str, str, int]] = []
+        self.lateness_ms = {g.name: g.allowed_lateness_ms for g in spec.groups}
         self.watermark: int | None = None
         self.seq = 0
         self.late = 0
 
     def add(self, ev: dict[str, Any]) -> bool:
-        """Fold one valid event in; False (and nothing added) when it is late."""
+        """Fold one valid event in; False when it is late for at least one group (it is
+        still added to the others)."""
         ts = ev["ts_ms"]
         seq = self.seq
         self.seq += 1
-        if self.watermark is not None and ts <= self.watermark:
-            self.late += 1
-            return False
+        late = late_groups(self.spec, self.watermark, ts)
         for g in self.spec.groups:
-            key = ev[g.key_field]
+            key = g.key(ev)
+            if key is None or g.name in late:
+                continue
             if not g.window.aligned:
                 self._add_session(g, key, ev, seq)
                 continue
@@ -76,11 +81,14 @@ class StreamingFeatures:
                 acc = st.get((key, start))
                 if acc is None:
                     acc = st[(key, start)] = agg.create()
-                    heapq.heappush(self.timers, (start + g.window.size_ms, g.name, key, start))
+                    heapq.heappush(self.timers, (start + g.window.size_ms + g.allowed_lateness_ms, g.name, key, start))
                 agg.add(acc, ev, seq)
         cand = ts - self.spec.watermark_delay_ms
         if self.watermark is None or cand > self.watermark:
             self.watermark = cand
+        if late:
+            self.late += 1
+            return False
         return True
 
     def _add_session(self, g: FeatureGroup, key: str, ev: dict[str, Any], seq: int) -> None:
@@ -99,7 +107,7 @@ class StreamingFeatures:
             open_.remove(s)
             merged = _Session(min(merged.start, s.start), max(merged.end, s.end), agg.merge(merged.acc, s.acc))
         open_.append(merged)
-        heapq.heappush(self.timers, (merged.end, g.name, key, merged.start))
+        heapq.heappush(self.timers, (merged.end + g.allowed_lateness_ms, g.name, key, merged.start))
 
     def _pop_session(self, group: str, key: str, start: int, end: int) -> Acc | None:
         """The open session ``[start, end)`` of ``key``, removed; None for a stale timer."""
@@ -117,7 +125,8 @@ class StreamingFeatures:
         out = []
         wm = self.watermark if self.watermark is not None else -(2**63)
         while self.timers and (final or self.timers[0][0] - 1 <= wm):
-            end, group, key, start = heapq.heappop(self.timers)
+            fire_at, group, key, start = heapq.heappop(self.timers)
+            end = fire_at - self.lateness_ms[group]
             if group in self.sessions:
                 acc = self._pop_session(group, key, start, end)
                 if acc is None:

@@ -9,8 +9,7 @@ import pytest
 
 from jobs.outputs import read_outputs
 from tests.integration.conftest import fresh_topics, job_env, run_job
-from tests.integration.pipeline_data import T0, build, produce
-from transforms.codecs import decode_event
+from tests.integration.pipeline_data import T0, build, dead_letter_event_id, produce
 from transforms.parity import compare, exact_features
 from transforms.reference import compute_features, model_rows
 from transforms.scoring import ModelEntry, OnnxScorer, Registry
@@ -52,6 +51,17 @@ def test_exact_feature_values_for_hand_written_events(run):
     assert h["features"]["impressions"] == 3.0  # the late impression h8 is not counted
     i1 = _snap(out, "item_tumble_10s", "i1", T0)
     assert i1["features"]["impressions"] == 2.0 and i1["features"]["ctr"] == 0.5
+    i2 = _snap(out, "item_tumble_10s", "i2", T0)  # h8, late for the user groups, counts here
+    assert i2["features"]["impressions"] == 2.0
+    news = _snap(out, "user_category_tumble_30s", "carol|news", T0)
+    assert news["entity_type"] == "user_category" and news["window_end_ms"] == T0 + 30_000
+    assert news["features"] == {"impressions": 1.0, "clicks": 1.0, "ctr": 1.0, "dwell_mean_ms": 0.0,
+                                "distinct_items": 1.0}
+    assert _snap(out, "user_category_tumble_30s", "carol|a\\|b", T0)["features"]["impressions"] == 1.0
+    pairs = {v["entity_id"] for _, v, _ in out.snapshots if v["feature_group"] == "user_category_tumble_30s"}
+    assert not any(p.startswith(("alice|", "bob|")) for p in pairs)  # v1 events: no category, no pair
+    carol = _snap(out, "user_tumble_10s", "carol", T0)["features"]
+    assert carol["impressions"] == 3.0  # h13 (no category) counts for the user
     assert h["window_end_ms"] == T0 + 20_000 and a2["window_end_ms"] == T0 + 20_000
     assert a["feature_set_version"] == run["spec"].version
 
@@ -85,7 +95,7 @@ def test_every_event_is_accounted_for(run):
     assert len(late) == len(ref.late) > 0
     assert ref.accepted + len(ref.late) == len(sent.good)
     assert len(out.dead_letters) == len(sent.bad) + len(ref.late)
-    late_ids = sorted(decode_event(d["raw"])["event_id"] for d in late)
+    late_ids = sorted(dead_letter_event_id(d) for d in late)
     assert late_ids == sorted(e["event_id"] for e in ref.late)
 
 

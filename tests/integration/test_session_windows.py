@@ -11,7 +11,7 @@ import yaml
 from jobs.generator import BASE_TS_MS, TrafficConfig, generate_events
 from jobs.outputs import read_outputs
 from tests.integration.conftest import fresh_topics, job_env, run_job
-from transforms.codecs import encode_event, make_event
+from transforms.codecs import event_message, make_event
 from transforms.parity import compare, exact_features
 from transforms.reference import compute_features, model_rows
 from transforms.spec import DEFAULT_SPEC_PATH, load_spec
@@ -62,7 +62,7 @@ def run(broker, tmp_path_factory):
     topics = fresh_topics(broker.bootstrap)
     p = producer(broker.bootstrap)
     for ev in events:
-        p.produce(topics["events"], key=ev["user_id"].encode(), value=encode_event(ev))
+        p.produce(topics["events"], key=ev["user_id"].encode(), value=event_message(ev)[0], headers=event_message(ev)[1])
         p.poll(0)
     assert p.flush(30) == 0
     # no registry: the job only warns (the models were trained on the default spec) and
