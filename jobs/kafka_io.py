@@ -52,6 +52,11 @@ def produce_one(prod: Any, topic: str, key: bytes | None, value: bytes,
             prod.poll(0.05)
 
 
+def produce_event(prod: Any, topic: str, event: dict[str, Any]) -> None:
+    """Produce one event keyed by its user_id, as ``codecs.event_message`` encodes it."""
+    produce_one(prod, topic, event["user_id"].encode(), *event_message(event))
+
+
 def _progress(label: str, done: int, total: int | None, t0: float) -> None:
     rate = done / max(time.monotonic() - t0, 1e-9)
     of = f"/{total}" if total else ""

@@ -72,17 +72,25 @@ def sessions(ts_ms: Iterable[int], gap_ms: int) -> list[tuple[int, int]]:
     return out
 
 
+def arrival_watermarks(events: Iterable[dict[str, Any]], watermark_delay_ms: int) -> Iterator[tuple[dict[str, Any], int | None]]:
+    """Yield ``(event, watermark on its arrival)`` in arrival order (None before any event).
+
+    >>> [wm for _, wm in arrival_watermarks([{"ts_ms": 5000}, {"ts_ms": 3000}, {"ts_ms": 9000}], 2000)]
+    [None, 3000, 3000]
+    """
+    watermark: int | None = None
+    for ev in events:
+        yield ev, watermark
+        cand = ev["ts_ms"] - watermark_delay_ms
+        if watermark is None or cand > watermark:
+            watermark = cand
+
+
 def mark_late(events: Iterable[dict[str, Any]], watermark_delay_ms: int) -> Iterator[tuple[dict[str, Any], bool]]:
     """Yield ``(event, is_late)`` in arrival order under the watermark rule above (for a
     group with no allowed lateness)."""
-    watermark: int | None = None
-    for ev in events:
-        ts = ev["ts_ms"]
-        late = watermark is not None and ts <= watermark
-        yield ev, late
-        cand = ts - watermark_delay_ms
-        if watermark is None or cand > watermark:
-            watermark = cand
+    for ev, watermark in arrival_watermarks(events, watermark_delay_ms):
+        yield ev, watermark is not None and ev["ts_ms"] <= watermark
 
 
 def late_groups(spec: FeatureSpec, watermark_ms: int | None, ts_ms: int) -> tuple[str, ...]:
@@ -103,13 +111,8 @@ def late_groups(spec: FeatureSpec, watermark_ms: int | None, ts_ms: int) -> tupl
 
 def mark_late_groups(spec: FeatureSpec, events: Iterable[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], tuple[str, ...]]]:
     """Yield ``(event, late_groups)`` in arrival order under the rule above."""
-    watermark: int | None = None
-    for ev in events:
-        ts = ev["ts_ms"]
-        yield ev, late_groups(spec, watermark, ts)
-        cand = ts - spec.watermark_delay_ms
-        if watermark is None or cand > watermark:
-            watermark = cand
+    for ev, watermark in arrival_watermarks(events, spec.watermark_delay_ms):
+        yield ev, late_groups(spec, watermark, ev["ts_ms"])
 
 
 @dataclass

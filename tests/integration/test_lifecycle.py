@@ -14,11 +14,11 @@ import pytest
 
 from jobs import job_runner
 from jobs.job_runner import stop_job
-from jobs.kafka_io import producer, read_topic
+from jobs.kafka_io import produce_event, producer, read_topic
 from jobs.model_control import send_command
 from jobs.paths import REGISTRY, ROOT
 from tests.integration.lifecycle_support import STEP_MS, Tail, lifecycle_registry, phase_events, phase_start
-from transforms.codecs import decode, event_message
+from transforms.codecs import decode
 from transforms.deployment import arm_bucket
 from transforms.experiment import report
 
@@ -104,13 +104,13 @@ def life(broker, registry_path, tmp_path_factory):
                         >= n, 60, f"{name}: {expect}", alive)
             sent_at[name] = int(time.time() * 1000)
             for ev in phase_events(start, length):
-                p.produce(topics["events"], key=ev["user_id"].encode(), value=event_message(ev)[0], headers=event_message(ev)[1])
+                produce_event(p, topics["events"], ev)
                 p.poll(0)
             p.flush(30)
         # advance the watermark past the last phase so its windows fire
         end = phase_start(len(PHASES), LENGTHS)
         for ev in phase_events(end + 60_000, 5_000):
-            p.produce(topics["events"], key=ev["user_id"].encode(), value=event_message(ev)[0], headers=event_message(ev)[1])
+            produce_event(p, topics["events"], ev)
         p.flush(30)
         scores.wait(lambda rs: any(s["window_end_ms"] >= end for s in rs), 180, "the last phase's scores", alive)
         time.sleep(5.0)  # the online metrics of the last windows

@@ -12,10 +12,10 @@ from collections import Counter
 import pytest
 
 from jobs.generator import BASE_TS_MS, TrafficConfig, generate_events
-from jobs.kafka_io import producer, read_topic
+from jobs.kafka_io import produce_event, producer, read_topic
 from jobs.prometheus import scrape, select, total, unscale
 from tests.integration.conftest import fresh_topics, job_env, run_job
-from transforms.codecs import decode, event_message
+from transforms.codecs import decode
 from transforms.explain import sampled
 from transforms.spec import load_spec
 
@@ -34,7 +34,7 @@ def _produce(bootstrap: str, topic: str, events) -> int:
     p = producer(bootstrap)
     n = 0
     for ev in events:
-        p.produce(topic, key=ev["user_id"].encode(), value=event_message(ev)[0], headers=event_message(ev)[1])
+        produce_event(p, topic, ev)
         n += 1
         if n % 20_000 == 0:
             p.poll(0)

@@ -11,7 +11,7 @@ import yaml
 from jobs.generator import BASE_TS_MS, TrafficConfig, generate_events
 from jobs.outputs import read_outputs
 from tests.integration.conftest import fresh_topics, job_env, run_job
-from transforms.codecs import event_message, make_event
+from transforms.codecs import make_event
 from transforms.parity import compare, exact_features
 from transforms.reference import compute_features, model_rows
 from transforms.spec import DEFAULT_SPEC_PATH, load_spec
@@ -57,12 +57,12 @@ def run(broker, tmp_path_factory):
     cfg = TrafficConfig(seed=17, n_users=200, n_items=300, out_of_order_fraction=0.05, late_fraction=0.01)
     events = hand_events() + list(generate_events(3_000, cfg))
 
-    from jobs.kafka_io import producer
+    from jobs.kafka_io import produce_event, producer
 
     topics = fresh_topics(broker.bootstrap)
     p = producer(broker.bootstrap)
     for ev in events:
-        p.produce(topics["events"], key=ev["user_id"].encode(), value=event_message(ev)[0], headers=event_message(ev)[1])
+        produce_event(p, topics["events"], ev)
         p.poll(0)
     assert p.flush(30) == 0
     # no registry: the job only warns (the models were trained on the default spec) and
