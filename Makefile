@@ -62,7 +62,7 @@ typecheck: install
 	$(BIN)/mypy transforms
 
 test-unit: install
-	$(BIN)/pytest -q tests/unit transforms
+	$(BIN)/pytest -q tests/unit transforms jobs
 
 test-integration: install models
 	$(BIN)/pytest -q tests/integration

@@ -12,6 +12,9 @@ Method
   rate between the 10% and 90% marks, so start-up and the final flush are excluded.
 * CPU seconds per million events and peak RSS: sampled from /proc for the job's whole
   process tree (driver, JVM, Python workers) and the broker.
+* ``events_per_cpu_s`` (the headline): events per CPU-second of that whole tree in
+  steady state, between the same 10% and 90% progress marks (CPU interpolated between
+  0.5 s samples); ``events_per_cpu_s_whole_run`` counts start-up and the final flush too.
 * Latency: the job runs unbounded on fresh topics while events are replayed at half the
   measured rate, with event time = wall clock. A window [s, e) can close at the earliest
   when an event with time e + watermark delay arrives, i.e. at wall time e + delay; the
@@ -35,7 +38,7 @@ import numpy as np
 from jobs import kafka_local
 from jobs.config import JobConfig
 from jobs.generator import TrafficConfig, generate_events
-from jobs.job_runner import fresh_topics, job_command, job_env, stop_job
+from jobs.job_runner import fresh_topics, job_env, start_job, stop_job
 from jobs.kafka_io import produce_events, read_topic
 from jobs.outputs import read_outputs
 from jobs.paths import REGISTRY, ROOT, git_commit
@@ -53,17 +56,22 @@ def _log(msg: str) -> None:
 
 
 def _run_job(env: dict[str, str], broker_pid: int, args: list[str]) -> tuple[dict[str, Any], Any]:
-    proc = subprocess.Popen(job_command(*args), env=env, cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    with TreeSampler([proc.pid, broker_pid]) as sampler:
-        out, err = proc.communicate()
+    proc = start_job(env, *args, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        with TreeSampler([proc.pid, broker_pid]) as sampler:
+            out, err = proc.communicate()
+    finally:
+        stop_job(proc)  # on an interrupt too; after a normal end, whatever outlived the driver
     if proc.returncode != 0:
         raise RuntimeError(f"job failed ({proc.returncode}): {err[-4000:]}")
     return json.loads(out.strip().splitlines()[-1]), sampler.stats
 
 
-def _sustained_rate(event_ts: np.ndarray, snapshots: list[tuple[Any, dict[str, Any], int]], delay_ms: int) -> float | None:
-    """Events per second between the 10% and 90% progress marks of the snapshot stream."""
+def _progress_marks(event_ts: np.ndarray, snapshots: list[tuple[Any, dict[str, Any], int]], delay_ms: int
+                    ) -> tuple[int, int, float, float] | None:
+    """(events done, events done, wall s, wall s) at the 10% and 90% progress marks of the
+    snapshot stream: each snapshot's broker append time, mapped to the events with an
+    earlier event time than its window could fire on."""
     if len(snapshots) < 10:
         return None
     pts = sorted((ts, v["window_end_ms"]) for _, v, ts in snapshots)
@@ -74,7 +82,28 @@ def _sustained_rate(event_ts: np.ndarray, snapshots: list[tuple[Any, dict[str, A
     hi = min(hi, len(done) - 1)
     if hi <= lo or append[hi] <= append[lo]:
         return None
-    return float((done[hi] - done[lo]) / ((append[hi] - append[lo]) / 1000.0))
+    return int(done[lo]), int(done[hi]), append[lo] / 1000.0, append[hi] / 1000.0
+
+
+def _sustained_rate(event_ts: np.ndarray, snapshots: list[tuple[Any, dict[str, Any], int]], delay_ms: int) -> float | None:
+    """Events per second between the 10% and 90% progress marks of the snapshot stream."""
+    marks = _progress_marks(event_ts, snapshots, delay_ms)
+    if marks is None:
+        return None
+    e_lo, e_hi, t_lo, t_hi = marks
+    return float((e_hi - e_lo) / (t_hi - t_lo))
+
+
+def steady_events_per_cpu_s(marks: tuple[int, int, float, float] | None, stats: Any) -> float | None:
+    """Events per CPU-second of the whole sampled tree (job and broker) between the 10% and
+    90% progress marks: start-up, JIT warm-up and the final flush are left out."""
+    if marks is None:
+        return None
+    e_lo, e_hi, t_lo, t_hi = marks
+    c_lo, c_hi = stats.cpu_at(t_lo), stats.cpu_at(t_hi)
+    if c_lo is None or c_hi is None or c_hi <= c_lo:
+        return None
+    return float((e_hi - e_lo) / (c_hi - c_lo))
 
 
 def _commit_interval_ms() -> int:
@@ -90,8 +119,7 @@ def _latency_phase(bootstrap: str, broker_pid: int, rate: float, seconds: float,
     (its source watermark lags by the spec's largest allowed lateness), which this counts."""
     topics = fresh_topics(bootstrap, "lat")
     env = job_env(bootstrap, topics, STREAMSCORE_BOUNDED="false", STREAMSCORE_REGISTRY=registry)
-    proc = subprocess.Popen(job_command("--unbounded"), env=env, cwd=ROOT, text=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = start_job(env, "--unbounded", text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         # warm the job up on a few windows' worth of traffic before the measured replay
         now_ms = int(time.time() * 1000)
@@ -152,10 +180,10 @@ def bench(n_events: int, peer_events: int, latency_s: float, label: str, env_ove
 
     broker = kafka_local.BrokerConfig.from_env()
     was_running = kafka_local.answers(broker.bootstrap)
-    broker_pid = kafka_local.start(broker)
-    os.environ.update(env_overrides)
-    spec = load_spec()
-    try:
+    try:  # a broker this starts is stopped even when starting it is interrupted
+        broker_pid = kafka_local.start(broker)
+        os.environ.update(env_overrides)
+        spec = load_spec()
         if not REGISTRY.exists():
             subprocess.run([sys.executable, "-m", "models.train"], check=True, cwd=ROOT)
         topics = fresh_topics(broker.bootstrap, "bench")
@@ -182,7 +210,9 @@ def bench(n_events: int, peer_events: int, latency_s: float, label: str, env_ove
         job_info, job_stats = _run_job(env_job, broker_pid, [])
         job_rate = n_events / job_info["running_s"]
         out = read_outputs(broker.bootstrap, topics["scores"], topics["feature-snapshots"], topics["dead-letters"])
-        sustained = _sustained_rate(event_ts, out.snapshots, source_watermark_ms(spec))  # windows fire at that lag
+        marks = _progress_marks(event_ts, out.snapshots, source_watermark_ms(spec))  # windows fire at that lag
+        sustained = _sustained_rate(event_ts, out.snapshots, source_watermark_ms(spec))
+        per_cpu = steady_events_per_cpu_s(marks, job_stats)
         _log(f"job {job_rate:,.0f} events/s (sustained {sustained or 0:,.0f}); {len(out.scores)} scores")
 
         peer_n = min(peer_events, n_events)
@@ -202,7 +232,10 @@ def bench(n_events: int, peer_events: int, latency_s: float, label: str, env_ove
         peak_rss = {**job_stats.peak_rss_by_process()}
         result = {
             "label": label, "commit": git_commit(), "machine": _machine(), "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "events": n_events, "events_per_s": round(job_rate, 1), "sustained_events_per_s": round(sustained, 1) if sustained else None,
+            "events": n_events,
+            "events_per_cpu_s": round(per_cpu, 1) if per_cpu else None,
+            "events_per_cpu_s_whole_run": round(n_events / job_stats.total_cpu_s, 1) if job_stats.total_cpu_s else None,
+            "events_per_s": round(job_rate, 1), "sustained_events_per_s": round(sustained, 1) if sustained else None,
             "ceiling_events_per_s": round(ceiling_rate, 1), "peer_events_per_s": round(peer.events_per_s, 1),
             "ratio_vs_ceiling": round(job_rate / ceiling_rate, 3), "ratio_vs_peer": round(job_rate / peer.events_per_s, 3) if peer.events_per_s else None,
             "p50_ms": lat.get("p50_ms"), "p99_ms": lat.get("p99_ms"), "max_ms": lat.get("max_ms"),

@@ -27,13 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jobs import kafka_local
+from jobs import kafka_local, proctree
 from jobs.generator import TrafficConfig, generate_events
-from jobs.job_runner import fresh_topics, job_command, job_env, run_job
+from jobs.job_runner import fresh_topics, job_env, run_job, start_job, stop_job
 from jobs.kafka_io import produce_events
 from jobs.outputs import Outputs, read_outputs
-from jobs.paths import REGISTRY, ROOT
-from jobs.procstats import descendants
+from jobs.paths import REGISTRY
 from transforms.codecs import make_event
 from transforms.delivery import (
     DeliveryReport,
@@ -82,14 +81,15 @@ def _log(msg: str) -> None:
 
 
 def kill_tree(pid: int) -> int:
-    """SIGKILL a process and all its descendants at once; how many were signalled."""
-    pids = descendants(pid)
-    for p in pids:
-        try:
-            os.kill(p, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    return len(pids)
+    """SIGKILL a process, all its descendants and, when it leads a session of its own,
+    every process of that session, at once; how many were signalled."""
+    procs = set(proctree.tree(pid))
+    try:
+        if os.getsid(pid) == pid:
+            procs |= set(proctree.session(pid))
+    except ProcessLookupError:
+        pass
+    return len(proctree.signal_all(sorted(procs), signal.SIGKILL))
 
 
 def completed_checkpoints(root: Path) -> list[Path]:
@@ -144,8 +144,7 @@ class Segment:
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self.log = open(log_path, "ab")
         self.started = time.time()
-        self.proc = subprocess.Popen(job_command(), env=env, cwd=ROOT, stdout=self.log, stderr=self.log,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        self.proc = start_job(env, stdout=self.log, stderr=self.log, stdin=subprocess.DEVNULL)
 
     def wait_checkpoint(self, root: Path, timeout_s: float, since: float | None = None) -> bool:
         """True once a checkpoint completed after ``since`` (default: this segment's start);
@@ -161,7 +160,11 @@ class Segment:
         raise TimeoutError(f"no checkpoint within {timeout_s}s")
 
     def close(self) -> None:
-        self.log.close()
+        """Stop the job if it still runs and end whatever is left of its session."""
+        try:
+            stop_job(self.proc)
+        finally:
+            self.log.close()
 
 
 def _broker_faults(seg: Segment, cfg: ChaosConfig, ckpt: Path, broker: kafka_local.BrokerConfig,
@@ -270,9 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     was_running = kafka_local.answers(broker.bootstrap)
     if was_running and args.fault == "broker" and kafka_local._read_pid(broker) is None:
         raise SystemExit(f"--fault broker restarts the broker, but {broker.bootstrap} was not started here")
-    kafka_local.start(broker)
     work = Path(tempfile.mkdtemp(prefix="streamscore-chaos-"))
-    try:
+    try:  # a broker this starts is stopped even when starting it is interrupted
+        kafka_local.start(broker)
         summary = run_chaos(broker.bootstrap, cfg, work, broker)
     finally:
         if not was_running:

@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     if args[0] not in COMMANDS:
         print(f"unknown command {args[0]!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    from jobs.proctree import exit_on_signals
+
+    exit_on_signals()  # SIGTERM/SIGHUP run the command's finally blocks, which end what it started
     module = importlib.import_module(COMMANDS[args[0]][0])
     return int(module.main(args[1:]) or 0)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from jobs.kafka_security import KafkaSecurity
 from jobs.paths import CACHE, REGISTRY
 from transforms.codecs import ValidationLimits
+from transforms.dead_letters import DEFAULT_MAX_RAW_BYTES, check_max_raw_bytes
 from transforms.drift import DriftThresholds
 
 
@@ -106,6 +107,9 @@ class JobConfig:
     transaction_timeout_ms: int = 600_000
     # STREAMSCORE_STATE_BACKEND: rocksdb (large keyed state, incremental checkpoints) or hashmap
     state_backend: str = "rocksdb"
+    # STREAMSCORE_FLINK_CONF: extra Flink settings "key=value;key=value", applied last over
+    # every setting the job derives (for experiments and benchmark pairs: one flag a lever)
+    flink_conf: str = ""
     # STREAMSCORE_CHECKPOINT_DIR: where checkpoints are kept, retained on cancel and failure
     # (empty: .cache/checkpoints)
     checkpoint_dir: str = ""
@@ -125,7 +129,12 @@ class JobConfig:
     watermark_interval_ms: int = 200
     # STREAMSCORE_SOURCE_IDLE_MS: partitions idle this long stop holding the watermark back
     source_idle_ms: int = 5_000
-    # STREAMSCORE_MAX_KEY_BYTES / STREAMSCORE_MIN_TS_MS / STREAMSCORE_MAX_TS_MS: validation
+    # STREAMSCORE_DEAD_LETTER_MAX_RAW_BYTES: a dead letter keeps at most this many leading
+    # bytes of its source value, plus the value's size and SHA-256 (0 to 1048576)
+    dead_letter_max_raw_bytes: int = DEFAULT_MAX_RAW_BYTES
+    # STREAMSCORE_MAX_KEY_BYTES / STREAMSCORE_MIN_TS_MS / STREAMSCORE_MAX_TS_MS /
+    # STREAMSCORE_MIN_DWELL_MS / STREAMSCORE_MAX_DWELL_MS: validation (inclusive bounds; an
+    # event outside them is dead-lettered as invalid_key / invalid_timestamp / invalid_dwell)
     limits: ValidationLimits = field(default_factory=ValidationLimits)
     # STREAMSCORE_KAFKA_SECURITY_PROTOCOL / _SASL_MECHANISM / _USERNAME[_FILE] /
     # _PASSWORD[_FILE] / _SSL_CA_FILE: Kafka authentication (jobs/kafka_security.py)
@@ -165,6 +174,24 @@ class JobConfig:
             raise ValueError("monitor_window_ms must be > 0 and explain_rate in [0, 1]")
         if self.rollback_min_labels < 1 or self.rollback_logloss_ratio < 0:
             raise ValueError("rollback_min_labels must be >= 1 and rollback_logloss_ratio >= 0")
+        check_max_raw_bytes(self.dead_letter_max_raw_bytes)
+        self.flink_settings()  # raises on a malformed STREAMSCORE_FLINK_CONF
+
+    def flink_settings(self) -> dict[str, str]:
+        """``flink_conf`` as a mapping.
+
+        >>> JobConfig(flink_conf="state.backend.type=hashmap; table.exec.mini-batch.enabled=true").flink_settings()
+        {'state.backend.type': 'hashmap', 'table.exec.mini-batch.enabled': 'true'}
+        """
+        out: dict[str, str] = {}
+        for part in self.flink_conf.split(";"):
+            if not part.strip():
+                continue
+            key, eq, value = part.partition("=")
+            if not eq or not key.strip():
+                raise ValueError(f"STREAMSCORE_FLINK_CONF entry {part!r} is not key=value")
+            out[key.strip()] = value.strip()
+        return out
 
     @classmethod
     def from_env(cls, **overrides: object) -> JobConfig:
@@ -190,8 +217,9 @@ class JobConfig:
             "drift_fallback": "DRIFT_FALLBACK", "explain_rate": "EXPLAIN_RATE",
             "serving_threshold": "SERVING_THRESHOLD", "delivery": "DELIVERY",
             "transaction_timeout_ms": "TXN_TIMEOUT_MS", "state_backend": "STATE_BACKEND",
-            "checkpoint_dir": "CHECKPOINT_DIR", "restore_from": "RESTORE_FROM",
+            "checkpoint_dir": "CHECKPOINT_DIR", "restore_from": "RESTORE_FROM", "flink_conf": "FLINK_CONF",
             "restart_attempts": "RESTART_ATTEMPTS", "restart_delay_ms": "RESTART_DELAY_MS",
+            "dead_letter_max_raw_bytes": "DEAD_LETTER_MAX_RAW_BYTES",
         }
         types = {f.name: f.type for f in fields(cls)}
         kw: dict[str, object] = {}
@@ -205,6 +233,8 @@ class JobConfig:
             max_key_bytes=int(e.get("STREAMSCORE_MAX_KEY_BYTES", ValidationLimits.max_key_bytes)),
             min_ts_ms=int(e.get("STREAMSCORE_MIN_TS_MS", ValidationLimits.min_ts_ms)),
             max_ts_ms=int(e.get("STREAMSCORE_MAX_TS_MS", ValidationLimits.max_ts_ms)),
+            min_dwell_ms=float(e.get("STREAMSCORE_MIN_DWELL_MS", ValidationLimits.min_dwell_ms)),
+            max_dwell_ms=float(e.get("STREAMSCORE_MAX_DWELL_MS", ValidationLimits.max_dwell_ms)),
         )
         kw["limits"] = lim
         kw["kafka_security"] = KafkaSecurity.from_env(e)

@@ -102,8 +102,8 @@ def write_report(bootstrap: str) -> str | None:
 def demo(n_events: int, malformed_every: int, seed: int, experiment: str = "ab") -> dict[str, Any]:
     broker = kafka_local.BrokerConfig.from_env()
     was_running = kafka_local.answers(broker.bootstrap)
-    kafka_local.start(broker)
-    try:
+    try:  # a broker this starts is stopped even when starting it is interrupted
+        kafka_local.start(broker)
         if not REGISTRY.exists():
             _log("no model registry: training")
             from models.train import main as train_main
@@ -121,7 +121,7 @@ def demo(n_events: int, malformed_every: int, seed: int, experiment: str = "ab")
         from jobs.flink_job import run
 
         t0 = time.monotonic()
-        info = run(cfg)
+        info = run(cfg)  # in this process; its engine (gateway JVM, Python workers) has ended when it returns
         wall = time.monotonic() - t0
         _log(f"job finished in {wall:.1f}s; reading outputs")
         out = read_outputs(broker.bootstrap)

@@ -25,9 +25,11 @@ if __package__ in (None, ""):  # `flink run -py jobs/flink_job.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from jobs.config import JobConfig  # noqa: E402
+from jobs.kafka_limits import SINK_MAX_REQUEST_BYTES  # noqa: E402
 from jobs.paths import flink_jar_urls  # noqa: E402
 from transforms.avro_sql import columns_ddl, field_names  # noqa: E402
-from transforms.codecs import SCHEMA_DIR, SCHEMA_VERSION_HEADER, schema_versions  # noqa: E402
+from transforms.codecs import SCHEMA_DIR, SCHEMA_VERSION_HEADER, latest_version, schema_versions  # noqa: E402
+from transforms.dead_letters import DEAD_LETTER_SCHEMA_VERSION, MAX_DETAIL_CHARS  # noqa: E402
 from transforms.fairness import ATTRIBUTES  # noqa: E402
 from transforms.monitoring import MonitorConfig  # noqa: E402
 from transforms.online_eval import EvalConfig, RollbackPolicy  # noqa: E402
@@ -122,14 +124,19 @@ def _delivery_options(cfg: JobConfig, name: str) -> str:
     return "'sink.delivery-guarantee'='at-least-once', "
 
 
-def _kafka_sink(name: str, topic: str, schema: str, key_col: str, cfg: JobConfig) -> str:
+def _kafka_sink(name: str, topic: str, schema: str, key_col: str, cfg: JobConfig, version: int | None = None) -> str:
+    """Sink table writing ``schemas/<schema>.v<version>.avsc`` (default: the newest version)."""
+    cols = columns_ddl(schema, version or latest_version(schema))
+    # max.request.size = the broker's message.max.bytes (jobs/kafka_limits.py); every record
+    # written here is bounded far below it (dead letters by dead_letter_max_raw_bytes)
     common = (f"'connector'='kafka', 'topic'='{topic}', 'properties.bootstrap.servers'='{cfg.bootstrap_servers}', "
-              f"{cfg.kafka_security.flink_options_sql()}{_delivery_options(cfg, name)}'properties.linger.ms'='{cfg.sink_linger_ms}'")
+              f"{cfg.kafka_security.flink_options_sql()}{_delivery_options(cfg, name)}'properties.linger.ms'='{cfg.sink_linger_ms}', "
+              f"'properties.max.request.size'='{SINK_MAX_REQUEST_BYTES}'")
     if key_col:
-        return (f"CREATE TEMPORARY TABLE {name} (`kafka_key` STRING NOT NULL, {columns_ddl(schema)}) WITH ("
+        return (f"CREATE TEMPORARY TABLE {name} (`kafka_key` STRING NOT NULL, {cols}) WITH ("
                 f"{common}, 'key.format'='raw', 'key.fields'='kafka_key', 'value.format'='avro', "
                 "'value.fields-include'='EXCEPT_KEY', 'properties.compression.type'='lz4')")
-    return f"CREATE TEMPORARY TABLE {name} ({columns_ddl(schema)}) WITH ({common}, 'format'='avro')"
+    return f"CREATE TEMPORARY TABLE {name} ({cols}) WITH ({common}, 'format'='avro')"
 
 
 def checkpoint_settings(cfg: JobConfig) -> dict[str, str]:
@@ -164,7 +171,8 @@ def decode_call(cfg: JobConfig, versions: tuple[int, ...] | None = None, reader_
     writers = ",".join(f"{v}=event.v{v}.avsc" for v in versions)
     return (f"decode_event(`value`, `headers`['{SCHEMA_VERSION_HEADER}'], '{writers}', "
             f"'event.v{reader_version or max(versions)}.avsc', "
-            f"{lim.max_key_bytes}, CAST({lim.min_ts_ms} AS BIGINT), CAST({lim.max_ts_ms} AS BIGINT))")
+            f"{lim.max_key_bytes}, CAST({lim.min_ts_ms} AS BIGINT), CAST({lim.max_ts_ms} AS BIGINT), "
+            f"CAST({float(lim.min_dwell_ms)!r} AS DOUBLE), CAST({float(lim.max_dwell_ms)!r} AS DOUBLE))")
 
 
 def source_ddl(cfg: JobConfig, spec: FeatureSpec) -> str:
@@ -209,6 +217,22 @@ def _ceiling_statements(t_env: Any, spec: FeatureSpec) -> Any:
     return stmts
 
 
+def dead_letters_insert(cfg: JobConfig, spec: FeatureSpec) -> str:
+    """Decode failures and late events into ``dead_letters_sink`` (dead_letter.v2): each
+    keeps at most ``cfg.dead_letter_max_raw_bytes`` of its value, with the whole value's
+    size and SHA-256 (``raw_digest``, the JVM twin of ``transforms.dead_letters.bound_raw``)
+    and a detail of at most ``MAX_DETAIL_CHARS``, so no input record makes one too large."""
+    topic, n = cfg.events_topic, cfg.dead_letter_max_raw_bytes
+    bad = (f"SELECT count_reason(reason) AS reason, COALESCE(detail, '') AS detail, src_partition, src_offset,"
+           f" raw_digest(`raw_value`, {n}) AS dg FROM decoded WHERE reason IS NOT NULL")
+    late = (f"SELECT count_reason('late') AS reason, {late_detail_sql(spec)} AS detail, src_partition, src_offset,"
+            f" raw_digest(`raw_value`, {n}) AS dg FROM decoded WHERE reason IS NULL AND {late_condition(spec)}")
+    return ("INSERT INTO dead_letters_sink SELECT d.reason, SUBSTRING(d.detail FROM 1 FOR"
+            f" {MAX_DETAIL_CHARS}), '{topic}', d.src_partition, d.src_offset, d.dg.`raw`,"
+            f" {DEAD_LETTER_SCHEMA_VERSION}, d.dg.`raw_size`, d.dg.`raw_sha256`, d.dg.`raw_truncated`"
+            f" FROM ({bad} UNION ALL {late}) AS d")
+
+
 def build(cfg: JobConfig, ceiling: bool = False) -> BuiltJob:
     """Create the table environment and the statement set of the job (not yet executed);
     with ``ceiling``, the bare-SQL variant of the benchmark instead."""
@@ -239,6 +263,8 @@ def build(cfg: JobConfig, ceiling: bool = False) -> BuiltJob:
     env_conf.set_string("parallelism.default", str(cfg.parallelism))
     for k, v in checkpoint_settings(cfg).items():  # the ceiling too: same engine settings
         env_conf.set_string(k, v)
+    for k, v in cfg.flink_settings().items():  # STREAMSCORE_FLINK_CONF: last word
+        env_conf.set_string(k, v)
     if prom_port:  # reporters are created with the mini-cluster: they go in its configuration
         for k, v in reporter_settings(prom_port).items():
             env_conf.set_string(k, v)
@@ -261,12 +287,14 @@ def build(cfg: JobConfig, ceiling: bool = False) -> BuiltJob:
         "pipeline.auto-watermark-interval": f"{cfg.watermark_interval_ms} ms",
     }
     settings.update(checkpoint_settings(cfg))
+    settings.update(cfg.flink_settings())
     for k, v in settings.items():
         conf.set(k, v)
 
     t_env.create_java_temporary_system_function("decode_event", "io.streamscore.udf.DecodeEvent")
     t_env.create_java_temporary_system_function(STDDEV_FUNCTION, "io.streamscore.udf.StddevPop")
     t_env.create_java_temporary_system_function("count_reason", "io.streamscore.udf.CountReason")
+    t_env.create_java_temporary_system_function("raw_digest", "io.streamscore.udf.RawDigest")
     t_env.execute_sql(source_ddl(cfg, spec))
     ev_cols = ", ".join(f"`ev`.`{c}` AS `{c}`" for c in field_names("event", max(versions)))
     t_env.execute_sql(
@@ -286,13 +314,7 @@ def build(cfg: JobConfig, ceiling: bool = False) -> BuiltJob:
     t_env.execute_sql(_kafka_sink("scores_sink", cfg.scores_topic, "scored_result", "key", cfg))
 
     stmts = t_env.create_statement_set()
-    topic = cfg.events_topic
-    stmts.add_insert_sql(
-        "INSERT INTO dead_letters_sink"
-        f" SELECT count_reason(reason), COALESCE(detail, ''), '{topic}', src_partition, src_offset,"
-        " COALESCE(`raw_value`, x''), 1 FROM decoded WHERE reason IS NOT NULL"
-        f" UNION ALL SELECT count_reason('late'), {late_detail_sql(spec)}, '{topic}', src_partition,"
-        f" src_offset, `raw_value`, 1 FROM decoded WHERE reason IS NULL AND {late_condition(spec)}")
+    stmts.add_insert_sql(dead_letters_insert(cfg, spec))
     snaps = " UNION ALL ".join(
         f"SELECT CONCAT('{g.name}|', entity_id), * FROM ({snapshot_query(g, f'grp_{g.name}', spec.version)})"
         for g in spec.groups)
@@ -384,28 +406,47 @@ def _drain_when_stuck(cfg: JobConfig, client: Any, poll_s: float = 1.0) -> None:
 
 def run(cfg: JobConfig, wait: bool = True, ceiling: bool = False) -> dict[str, Any]:
     """Build and execute the job; with ``wait`` block until a bounded run finishes.
-    ``running_s`` is the time from RUNNING to finished (the benchmark's job time)."""
-    t0 = time.monotonic()
-    check_kafka(cfg)
-    job = build(cfg, ceiling)
-    result = job.statements.execute()
-    client = result.get_job_client()
-    job_id = str(client.get_job_id()) if client is not None else ""
-    print(f"[job] submitted {job_id} (feature set {job.spec.version})", file=sys.stderr, flush=True)
-    info: dict[str, Any] = {"job_id": job_id, "feature_set_version": job.spec.version}
-    if wait and cfg.bounded and not ceiling and client is not None:
-        threading.Thread(target=_drain_when_stuck, args=(cfg, client), daemon=True).start()
-    if wait:
-        result.wait()
-        t_end = time.monotonic()
-        info.update(seconds=t_end - t0)
-        try:  # the JobManager's net runtime: from the job's start to its end, no planning
-            net_ms = client.get_job_execution_result().result().get_net_runtime()
-            info["running_s"] = net_ms / 1000.0
-        except Exception as exc:  # py4j errors when the mini-cluster is gone
-            print(f"[job] net runtime unavailable ({type(exc).__name__}); using wall time", file=sys.stderr)
-            info["running_s"] = t_end - t0
-    return info
+    ``running_s`` is the time from RUNNING to finished (the benchmark's job time).
+    With ``wait``, the engine processes this started (the gateway JVM with the
+    mini-cluster, the Python workers) have ended too when it returns or raises."""
+    from jobs.local_engine import LocalEngine
+
+    engine = LocalEngine().start() if wait and LocalEngine.current() is None else None
+    ended = threading.Event()
+
+    def drain(client: Any) -> None:  # outlives run() in a process that goes on (demo): quiet once it ended
+        try:
+            _drain_when_stuck(cfg, client)
+        except Exception:
+            if not ended.is_set():
+                raise
+
+    try:
+        t0 = time.monotonic()
+        check_kafka(cfg)
+        job = build(cfg, ceiling)
+        result = job.statements.execute()
+        client = result.get_job_client()
+        job_id = str(client.get_job_id()) if client is not None else ""
+        print(f"[job] submitted {job_id} (feature set {job.spec.version})", file=sys.stderr, flush=True)
+        info: dict[str, Any] = {"job_id": job_id, "feature_set_version": job.spec.version}
+        if wait and cfg.bounded and not ceiling and client is not None:
+            threading.Thread(target=drain, args=(client,), daemon=True).start()
+        if wait:
+            result.wait()
+            t_end = time.monotonic()
+            info.update(seconds=t_end - t0)
+            try:  # the JobManager's net runtime: from the job's start to its end, no planning
+                net_ms = client.get_job_execution_result().result().get_net_runtime()
+                info["running_s"] = net_ms / 1000.0
+            except Exception as exc:  # py4j errors when the mini-cluster is gone
+                print(f"[job] net runtime unavailable ({type(exc).__name__}); using wall time", file=sys.stderr)
+                info["running_s"] = t_end - t0
+        return info
+    finally:
+        ended.set()
+        if engine is not None:
+            engine.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -417,15 +458,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ceiling", action="store_true",
                     help="benchmark ceiling: same decode + aggregations into a blackhole, no scoring")
     args = ap.parse_args(argv)
+    from jobs.local_engine import LocalEngine
+    from jobs.proctree import exit_on_signals
+
+    exit_on_signals()  # SIGTERM/SIGHUP unwind through the engine's ending, like Ctrl-C
     cfg = JobConfig.from_env(**({"bounded": False} if args.unbounded else {}))
-    if args.explain:
-        print(build(cfg, args.ceiling).statements.explain())
-        return 0
-    try:
-        info = run(cfg, wait=not args.no_wait, ceiling=args.ceiling)
-    except JobSetupError as exc:
-        print(f"[job] cannot start: {exc}", file=sys.stderr, flush=True)
-        return 2
+    with LocalEngine():  # whatever happens, the gateway JVM and the Python workers end with the driver
+        if args.explain:
+            print(build(cfg, args.ceiling).statements.explain())
+            return 0
+        try:
+            info = run(cfg, wait=not args.no_wait, ceiling=args.ceiling)
+        except JobSetupError as exc:
+            print(f"[job] cannot start: {exc}", file=sys.stderr, flush=True)
+            return 2
     print(json.dumps(info))
     return 0
 

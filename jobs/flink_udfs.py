@@ -106,7 +106,9 @@ class ScoreBatch(ScalarFunction):
         metrics = self.metrics
         metrics.rows_in(n)
         if rows.size:
-            x = frame.iloc[rows, N_ID_COLUMNS:N_ID_COLUMNS + self.n_features].to_numpy(dtype=np.float32)
+            # float64 as SQL gives them: each model checks that a row fits its input type
+            # before casting (an extreme row falls back on its own; no overflowing cast here)
+            x = frame.iloc[rows, N_ID_COLUMNS:N_ID_COLUMNS + self.n_features].to_numpy(dtype=np.float64)
             groups = {a: frame.iloc[rows, 6 + i].astype(str).tolist() for i, a in enumerate(ATTRIBUTE_COLUMNS)}
             t0 = time.perf_counter()
             out = service.score(users[rows].tolist(), ends[rows].tolist(), x, groups)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import random
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -185,10 +186,20 @@ def generate_events(n_events: int, cfg: TrafficConfig = TrafficConfig()) -> Iter
 
 MALFORMED_KINDS = ("random_bytes", "truncated", "empty", "nan_dwell", "inf_dwell", "negative_ts",
                    "far_future_ts", "empty_user", "huge_key", "trailing_bytes", "wrong_types",
-                   "incompatible_schema", "v2_without_header")
+                   "incompatible_schema", "v2_without_header", "invalid_utf8", "bad_enum_index",
+                   "overlong_varint", "negative_length", "huge_dwell")
 # bad records that need a schema-version header (``malformed_message``)
 HEADER_KINDS = ("unknown_version", "garbled_version", "v1_with_v2_header", "v2_negative_ts", "v2_huge_key",
-                "v2_nan_dwell")
+                "v2_nan_dwell", "v2_bad_union_index", "v2_invalid_utf8_category")
+# byte sequences that are not well-formed UTF-8, by kind (transforms/event_decoder.py)
+INVALID_UTF8 = {
+    "lone_continuation": (b"\x80", b"ab\xbfcd"),
+    "overlong": (b"\xc0\xaf", b"\xc1\xbf", b"\xe0\x80\xaf", b"\xf0\x80\x80\xaf"),
+    "cesu8_surrogate": (b"\xed\xa0\x80", b"\xed\xa0\xbd\xed\xb8\x80", b"x\xed\xbf\xbf"),
+    "cut_sequence": (b"ab\xe2\x82", b"\xe2\x82ab", b"\xf0\x9f\x98", b"\xc3"),
+    "beyond_u10ffff": (b"\xf4\x90\x80\x80", b"\xf5\x80\x80\x80", b"\xff", b"\xfe\xfe"),
+}
+EVENT_STRING_FIELDS = ("event_id", "user_id", "item_id", "device", "region")
 ITEM_CATEGORIES = ("news", "sport", "music", "video", "shop")
 
 
@@ -219,6 +230,39 @@ _INCOMPATIBLE_SCHEMA = {
 }
 
 
+def zigzag(n: int) -> bytes:
+    """Avro's varint of ``n`` (zig-zag, minimal length).
+
+    >>> zigzag(-1), zigzag(64)
+    (b'\\x01', b'\\x80\\x01')
+    """
+    u = (n << 1) ^ (n >> 63) if n < 0 else n << 1
+    out = bytearray()
+    while u > 0x7F:
+        out.append((u & 0x7F) | 0x80)
+        u >>= 7
+    out.append(u)
+    return bytes(out)
+
+
+def event_parts(event: dict[str, Any], version: int = 1) -> list[tuple[str, bytes]]:
+    """The Avro encoding of an event, field by field, so a test can corrupt one field."""
+    parts = [(f, zigzag(len(event[f].encode())) + event[f].encode()) for f in ("event_id", "user_id", "item_id")]
+    parts.append(("ts_ms", zigzag(event["ts_ms"])))
+    parts.append(("event_type", zigzag(ETYPES.index(event["event_type"]))))
+    parts.append(("dwell_ms", struct.pack("<d", event["dwell_ms"])))
+    parts += [(f, zigzag(len(event[f].encode())) + event[f].encode()) for f in ("device", "region")]
+    if version >= 2:
+        cat = event.get("item_category")
+        parts.append(("item_category", b"\x00" if cat is None else b"\x02" + zigzag(len(cat.encode())) + cat.encode()))
+    return parts
+
+
+def with_field(event: dict[str, Any], field: str, encoded: bytes, version: int = 1) -> bytes:
+    """The event's bytes with ``field`` replaced by ``encoded`` (raw Avro)."""
+    return b"".join(encoded if name == field else raw for name, raw in event_parts(event, version))
+
+
 def _encode_with(schema: dict[str, Any], record: dict[str, Any]) -> bytes:
     import io
 
@@ -246,6 +290,15 @@ def malformed_record(kind: str, rng: random.Random, good: dict[str, Any]) -> byt
         return _encode_with(_INCOMPATIBLE_SCHEMA, {**good, "event_type": "share"})
     if kind == "v2_without_header":  # read as v1: item_category is trailing bytes
         return encode_event(as_v2(good), 2)
+    if kind == "invalid_utf8":  # a string field holding bytes that are not UTF-8
+        bad_utf8 = rng.choice([b for seqs in INVALID_UTF8.values() for b in seqs])
+        return with_field(good, rng.choice(EVENT_STRING_FIELDS), zigzag(len(bad_utf8)) + bad_utf8)
+    if kind == "bad_enum_index":  # event_type index outside the 3 symbols, negative or too large
+        return with_field(good, "event_type", zigzag(rng.choice((-1, -7, 3, 100, 2**31 - 1))))
+    if kind == "overlong_varint":  # ts_ms in 11 bytes, or a 10th byte beyond 64 bits
+        return with_field(good, "ts_ms", rng.choice((b"\x80" * 10 + b"\x00", b"\xff" * 9 + b"\x02")))
+    if kind == "negative_length":
+        return with_field(good, rng.choice(EVENT_STRING_FIELDS), zigzag(-rng.randint(1, 1000)))
     bad = dict(good)
     if kind == "nan_dwell":
         bad["dwell_ms"] = float("nan")
@@ -259,6 +312,8 @@ def malformed_record(kind: str, rng: random.Random, good: dict[str, Any]) -> byt
         bad["user_id"] = ""
     elif kind == "huge_key":
         bad["user_id"] = "u" * 10_000
+    elif kind == "huge_dwell":  # finite, but past the default max_dwell_ms
+        bad["dwell_ms"] = rng.choice((1e100, 1.797e308, 1e12))
     else:
         raise ValueError(f"unknown malformed kind {kind!r}")
     return encode_event(bad)
@@ -283,6 +338,10 @@ def malformed_message(kind: str, rng: random.Random, good: dict[str, Any]) -> tu
         return encode_event({**as_v2(good), "item_id": "i" * rng.randint(257, 5_000)}, 2), v2_headers()
     if kind == "v2_nan_dwell":
         return encode_event({**as_v2(good), "dwell_ms": float("nan")}, 2), v2_headers()
+    if kind == "v2_bad_union_index":  # item_category's union has 2 branches
+        return with_field(as_v2(good), "item_category", zigzag(rng.choice((-1, 2, 9))), 2), v2_headers()
+    if kind == "v2_invalid_utf8_category":
+        return with_field(as_v2(good), "item_category", b"\x02\x04\xed\xa0\x80x", 2), v2_headers()
     raise ValueError(f"unknown malformed kind {kind!r}")
 
 
@@ -294,4 +353,7 @@ EXPECTED_REASON = {
     "v2_without_header": "undecodable", "unknown_version": "unknown_schema_version",
     "garbled_version": "unknown_schema_version", "v1_with_v2_header": "undecodable",
     "v2_negative_ts": "invalid_timestamp", "v2_huge_key": "invalid_key", "v2_nan_dwell": "invalid_dwell",
+    "invalid_utf8": "undecodable", "bad_enum_index": "undecodable", "overlong_varint": "undecodable",
+    "negative_length": "undecodable", "huge_dwell": "invalid_dwell", "v2_bad_union_index": "undecodable",
+    "v2_invalid_utf8_category": "undecodable",
 }

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import uuid
 from typing import Any
 
-from jobs import kafka_local
+from jobs import kafka_local, proctree
 from jobs.paths import ROOT
 
 
@@ -49,29 +48,48 @@ def job_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "jobs.flink_job", *args]
 
 
-def stop_job(proc: subprocess.Popen, grace_s: float = 30) -> None:
-    """Terminate a job subprocess, killing it when it does not end within ``grace_s``;
-    then kill what is left of its tree (the mini-cluster JVM and Python workers outlive
-    a terminated driver)."""
-    from jobs.procstats import descendants
+def start_job(env: dict[str, str], *args: str, **popen: Any) -> subprocess.Popen:
+    """``python -m jobs.flink_job`` in a session of its own: every process of its tree,
+    re-parented ones too, can be found and ended by :func:`stop_job`. ``popen``: further
+    ``subprocess.Popen`` arguments (stdout, stderr, text, ...)."""
+    return subprocess.Popen(job_command(*args), env=env, cwd=ROOT, start_new_session=True, **popen)
 
-    tree = descendants(proc.pid)
-    proc.terminate()
-    try:
-        proc.wait(grace_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    for pid in tree[1:]:
+
+def _wait(proc: subprocess.Popen, timeout_s: float) -> None:
+    if proc.stdout is not None or proc.stderr is not None:
+        proc.communicate(timeout=timeout_s)  # drained: a job blocked on a full pipe cannot stop
+    else:
+        proc.wait(timeout_s)
+
+
+def stop_job(proc: subprocess.Popen, grace_s: float = 30) -> None:
+    """Terminate a job subprocess if it still runs (SIGTERM: the driver ends its engine),
+    killing it when it does not end within ``grace_s``; then end what is left of its tree
+    and, when it was started in a session of its own (:func:`start_job`), of that session:
+    processes re-parented to init included. Safe to call on a job that has exited."""
+    if proc.poll() is not None:  # reaped: its pid may name another process by now
+        tree = []
+    else:
+        tree = proctree.tree(proc.pid)
+        proc.terminate()
         try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+            _wait(proc, grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _wait(proc, grace_s)
+    proctree.terminate(tree, grace_s=5.0)
+    if proc.pid != os.getsid(0):  # a session outlives its leader while a member runs
+        proctree.end_session(proc.pid)
 
 
 def run_job(env: dict[str, str], *args: str, timeout_s: float = 900) -> dict[str, Any]:
-    """``python -m jobs.flink_job`` on the embedded mini-cluster; its JSON summary line."""
-    res = subprocess.run(job_command(*args), env=env, cwd=ROOT, text=True, capture_output=True, timeout=timeout_s)
-    if res.returncode != 0:
-        raise RuntimeError(f"Flink job failed ({res.returncode}):\n{res.stderr[-6000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    """``python -m jobs.flink_job`` on the embedded mini-cluster; its JSON summary line.
+    Whether it returns, fails, times out or is interrupted, no process of the job is left."""
+    proc = start_job(env, *args, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    finally:
+        stop_job(proc)
+    if proc.returncode != 0:
+        raise RuntimeError(f"Flink job failed ({proc.returncode}):\n{err[-6000:]}")
+    return json.loads(out.strip().splitlines()[-1])

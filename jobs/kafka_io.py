@@ -14,6 +14,7 @@ from typing import Any
 import fastavro
 
 from jobs.generator import EXPECTED_REASON, MALFORMED_KINDS, malformed_record
+from jobs.kafka_limits import PRODUCER_MESSAGE_MAX_BYTES
 from transforms.codecs import event_message, latest_version, parsed_schema
 
 
@@ -35,7 +36,9 @@ def producer(bootstrap: str, **extra: Any) -> Any:
     from jobs.kafka_security import client_conf
 
     conf = client_conf(bootstrap, {"linger.ms": 20, "batch.size": 1_000_000,
-                                   "queue.buffering.max.messages": 1_000_000, "compression.type": "lz4", "log_level": 3})
+                                   "queue.buffering.max.messages": 1_000_000, "compression.type": "lz4", "log_level": 3,
+                                   # any value the broker accepts (librdkafka's default would refuse 1 MiB)
+                                   "message.max.bytes": PRODUCER_MESSAGE_MAX_BYTES})
     conf.update(extra)
     return Producer(conf)
 

@@ -21,20 +21,24 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from jobs.kafka_limits import MESSAGE_MAX_BYTES
 from jobs.kafka_security import KafkaSecurity, client_conf
 from jobs.paths import CACHE, KAFKA_JARS
 
+# every topic states the broker's record-batch limit (jobs/kafka_limits.py): events take
+# any value the broker does; outputs are bounded far below it
+_MAX_BYTES = {"max.message.bytes": str(MESSAGE_MAX_BYTES)}
 # name -> (partitions, extra topic config)
 TOPICS: dict[str, tuple[int, dict[str, str]]] = {
-    "events": (1, {}),
-    "scores": (1, {"message.timestamp.type": "LogAppendTime"}),
-    "feature-snapshots": (1, {"cleanup.policy": "compact"}),
-    "dead-letters": (1, {}),
-    "alerts": (1, {}),
-    "model-control": (1, {"cleanup.policy": "compact"}),
-    "model-metrics": (1, {}),
-    "model-monitoring": (1, {}),
-    "explanations": (1, {}),
+    "events": (1, {**_MAX_BYTES}),
+    "scores": (1, {"message.timestamp.type": "LogAppendTime", **_MAX_BYTES}),
+    "feature-snapshots": (1, {"cleanup.policy": "compact", **_MAX_BYTES}),
+    "dead-letters": (1, {**_MAX_BYTES}),
+    "alerts": (1, {**_MAX_BYTES}),
+    "model-control": (1, {"cleanup.policy": "compact", **_MAX_BYTES}),
+    "model-metrics": (1, {**_MAX_BYTES}),
+    "model-monitoring": (1, {**_MAX_BYTES}),
+    "explanations": (1, {**_MAX_BYTES}),
 }
 
 
@@ -170,7 +174,9 @@ def _write_config(cfg: BrokerConfig) -> Path:
             "group.initial.rebalance.delay.ms=0",
             "auto.create.topics.enable=false",
             "log.retention.hours=24",
-            "message.max.bytes=10485760",
+            # the largest record batch the broker appends (jobs/kafka_limits.py); a larger
+            # one is refused to its producer with RecordTooLargeException
+            f"message.max.bytes={MESSAGE_MAX_BYTES}",
             "",
         ])
     )
@@ -258,7 +264,7 @@ def create_topics(bootstrap: str, topics: dict[str, tuple[int, dict[str, str]]] 
 
 def topics_for(cfg: BrokerConfig) -> dict[str, tuple[int, dict[str, str]]]:
     topics = dict(TOPICS)
-    topics["events"] = (cfg.events_partitions, {})
+    topics["events"] = (cfg.events_partitions, TOPICS["events"][1])
     return topics
 
 

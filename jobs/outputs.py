@@ -10,6 +10,7 @@ import numpy as np
 
 from jobs.kafka_io import read_topic
 from transforms.codecs import decode
+from transforms.dead_letters import decode_dead_letter
 
 
 @dataclass
@@ -36,7 +37,7 @@ def read_outputs(bootstrap: str, scores: str = "scores", snapshots: str = "featu
     return Outputs(
         read_topic(bootstrap, scores, lambda v: decode(v, "scored_result"), timeout_s=timeout_s),
         read_topic(bootstrap, snapshots, lambda v: decode(v, "feature_snapshot"), timeout_s=timeout_s),
-        read_topic(bootstrap, dead_letters, lambda v: decode(v, "dead_letter"), timeout_s=timeout_s),
+        read_topic(bootstrap, dead_letters, decode_dead_letter, timeout_s=timeout_s),
     )
 
 

@@ -99,10 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     engines = tuple(e.strip() for e in args.engines.split(",") if e.strip())
     broker = kafka_local.BrokerConfig.from_env()
     started = False
-    if "flink" in engines:
-        started = not kafka_local.answers(broker.bootstrap)
-        kafka_local.start(broker)
-    try:
+    try:  # a broker this starts is stopped even when starting it is interrupted
+        if "flink" in engines:
+            started = not kafka_local.answers(broker.bootstrap)
+            kafka_local.start(broker)
         summary = run_parity(spec, events, broker.bootstrap if "flink" in engines else None, args.spec, engines)
     finally:
         if started:

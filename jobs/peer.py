@@ -1,5 +1,5 @@
 """The plain-Python peer of the benchmark: what a user would write instead of the Flink
-job. A confluent-kafka consumer in batches, fastavro decode + validation, the same
+job. A confluent-kafka consumer in batches, strict Avro decode (transforms/event_decoder.py) + validation, the same
 windowing and features in dicts (``transforms.windowing``), one ONNX call per batch of
 fired windows, and a producer for snapshots, scores and dead letters."""
 
@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from jobs.kafka_io import produce_one
+from jobs.kafka_limits import PRODUCER_MESSAGE_MAX_BYTES
 from transforms.codecs import encode, header_schema_version, try_decode_event
+from transforms.dead_letters import DEFAULT_MAX_RAW_BYTES, dead_letter, encode_dead_letter
 from transforms.scoring import load_router
 from transforms.spec import FeatureSpec
 from transforms.windowing import FiredWindow, StreamingFeatures, join_scoring
@@ -33,8 +35,10 @@ class PeerResult:
 
 
 def run_peer(bootstrap: str, events_topic: str, out_topics: dict[str, str], spec: FeatureSpec, registry: Path,
-             max_events: int, sample_every: int = 97) -> PeerResult:
-    """Process the first ``max_events`` records of ``events_topic`` (partition 0 onward)."""
+             max_events: int, sample_every: int = 97, dead_letter_max_raw_bytes: int = DEFAULT_MAX_RAW_BYTES
+             ) -> PeerResult:
+    """Process the first ``max_events`` records of ``events_topic`` (partition 0 onward);
+    dead letters keep at most ``dead_letter_max_raw_bytes`` of each value, as the job's do."""
     from confluent_kafka import Consumer, Producer
 
     from jobs.kafka_security import client_conf
@@ -43,7 +47,9 @@ def run_peer(bootstrap: str, events_topic: str, out_topics: dict[str, str], spec
     c = Consumer(client_conf(bootstrap, {"group.id": f"peer-{time.time_ns()}", "auto.offset.reset": "earliest",
                                          "enable.auto.commit": False, "fetch.max.bytes": 52_428_800, "log_level": 3}))
     p = Producer(client_conf(bootstrap, {"linger.ms": 5, "batch.size": 1_000_000, "compression.type": "lz4",
-                                         "queue.buffering.max.messages": 2_000_000, "log_level": 3}))
+                                         "queue.buffering.max.messages": 2_000_000, "log_level": 3,
+                                         # the broker's limit; dead letters stay far below it
+                                         "message.max.bytes": PRODUCER_MESSAGE_MAX_BYTES}))
     c.subscribe([events_topic])
     w = StreamingFeatures(spec)
     n = snaps = scores = dls = 0
@@ -62,14 +68,16 @@ def run_peer(bootstrap: str, events_topic: str, out_topics: dict[str, str], spec
                 sample[(f.group, f.entity_id, f.window_start_ms)] = f.features
         rows = join_scoring(spec, fired)
         if rows:
-            x = np.array([r[3] for r in rows], dtype=np.float32)
+            x = np.array([r[3] for r in rows], dtype=np.float64)  # each model casts (and checks) itself
             out = router.score(x)
+            names, versions, reasons = out.per_row()  # a row the model cannot score falls back alone
             now = int(time.time() * 1000)
-            for (key, start, end, _), s in zip(rows, out.scores, strict=True):
+            for (key, start, end, _), s, name, version, reason in zip(rows, out.scores, names, versions, reasons,
+                                                                      strict=True):
                 rec = {"user_id": key, "window_start_ms": start, "window_end_ms": end, "score": float(s),
-                       "model_name": out.model_name, "model_version": out.model_version,
-                       "arm": "active" if not out.fallback_reason else "fallback",
-                       "fallback_reason": out.fallback_reason, "feature_set_version": spec.version,
+                       "model_name": name, "model_version": version,
+                       "arm": "active" if not reason else "fallback",
+                       "fallback_reason": reason, "feature_set_version": spec.version,
                        "fired_at_ms": now, "scored_at_ms": now, "schema_version": 1}
                 produce_one(p, out_topics["scores"], key.encode(), encode(rec, "scored_result"))
             scores += len(rows)
@@ -89,10 +97,9 @@ def run_peer(bootstrap: str, events_topic: str, out_topics: dict[str, str], spec
             ev, reason, detail = try_decode_event(m.value(), version=header_schema_version(m.headers()))
             if ev is None or not w.add(ev):
                 dls += 1
-                rec = {"reason": reason or "late", "detail": detail or "", "source_topic": events_topic,
-                       "source_partition": m.partition(), "source_offset": m.offset(), "raw": m.value() or b"",
-                       "schema_version": 1}
-                produce_one(p, out_topics["dead-letters"], None, encode(rec, "dead_letter"))
+                rec = dead_letter(reason or "late", detail, events_topic, m.partition() or 0, m.offset() or 0,
+                                  m.value(), dead_letter_max_raw_bytes)
+                produce_one(p, out_topics["dead-letters"], None, encode_dead_letter(rec))
         emit(w.fired())
         p.poll(0)
     emit(w.fired(final=True), final=True)

@@ -65,6 +65,18 @@ class TreeStats:
     cpu_s: dict[int, float] = field(default_factory=dict)
     peak_rss_mb: dict[int, float] = field(default_factory=dict)
     names: dict[int, str] = field(default_factory=dict)
+    # (wall-clock seconds, CPU seconds of the whole tree so far) at every sample
+    series: list[tuple[float, float]] = field(default_factory=list)
+
+    def cpu_at(self, wall_s: float) -> float | None:
+        """The tree's CPU seconds at ``wall_s``, interpolated between samples (None outside them)."""
+        pts = self.series
+        if not pts or wall_s < pts[0][0] or wall_s > pts[-1][0]:
+            return None
+        for (t0, c0), (t1, c1) in zip(pts, pts[1:], strict=False):
+            if t0 <= wall_s <= t1:
+                return c0 if t1 == t0 else c0 + (c1 - c0) * (wall_s - t0) / (t1 - t0)
+        return pts[-1][1]
 
     @property
     def total_cpu_s(self) -> float:
@@ -110,6 +122,7 @@ class TreeSampler:
                 self.stats.cpu_s[pid] = cpu - self._base.get(pid, 0.0)
                 self.stats.peak_rss_mb[pid] = max(self.stats.peak_rss_mb.get(pid, 0.0), rss_kb / 1024)
                 self.stats.names[pid] = name
+        self.stats.series.append((time.time(), self.stats.total_cpu_s))
 
     def _loop(self) -> None:
         while not self._stop.is_set():

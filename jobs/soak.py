@@ -41,7 +41,7 @@ from typing import Any
 
 from jobs import kafka_local
 from jobs.generator import TrafficConfig, generate_events
-from jobs.job_runner import fresh_topics, job_command, job_env, stop_job
+from jobs.job_runner import fresh_topics, job_env, start_job, stop_job
 from jobs.kafka_io import produce_events, read_topic
 from jobs.paths import REGISTRY, ROOT, git_commit
 from jobs.procstats import descendants, rss_mb
@@ -252,8 +252,7 @@ def run_soak(broker: kafka_local.BrokerConfig, broker_pid: int, cfg: SoakConfig,
     broker_samples: list[Sample] = []
     heap_samples: list[Sample] = []
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(job_command("--unbounded"), env=env, cwd=ROOT, stdout=log, stderr=log,
-                                stdin=subprocess.DEVNULL)
+        proc = start_job(env, "--unbounded", stdout=log, stderr=log, stdin=subprocess.DEVNULL)
     t0 = time.monotonic()
     load = Load(bootstrap, topics["events"], cfg)
     load.start()

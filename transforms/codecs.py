@@ -35,19 +35,28 @@ from typing import Any
 
 import fastavro
 
+from transforms.event_decoder import AvroDecodeError, RecordPlan, compile_plan
+
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 EVENT_TYPES = ("impression", "click", "dwell")
 SCHEMA_VERSION_HEADER = "schema-version"  # Kafka header naming the event's writer schema version
 MAX_VERSION_DIGITS = 9
 
 
+# strings bounded like keys but allowed empty: item_category is part of an entity key,
+# device and region are fairness attributes carried to scoring
+BOUNDED_STRINGS = ("item_category", "device", "region")
+
+
 class DeadLetterReason(enum.StrEnum):
     """Every reason a record can be dead-lettered; the ``reason`` field of dead-letters."""
 
-    UNDECODABLE = "undecodable"  # not Avro of the event schema, truncated, trailing bytes
-    INVALID_KEY = "invalid_key"  # empty or over-long event_id / user_id / item_id
-    INVALID_TIMESTAMP = "invalid_timestamp"  # ts_ms outside the configured bounds
-    INVALID_DWELL = "invalid_dwell"  # NaN, infinite or negative dwell_ms
+    UNDECODABLE = "undecodable"  # not Avro of the event schema (transforms.event_decoder): cut, trailing
+    # bytes, invalid UTF-8 in a string, bad enum/union index, over-long varint, negative length
+    INVALID_KEY = "invalid_key"  # empty or over-long event_id / user_id / item_id; over-long
+    # item_category / device / region
+    INVALID_TIMESTAMP = "invalid_timestamp"  # ts_ms outside [min_ts_ms, max_ts_ms]
+    INVALID_DWELL = "invalid_dwell"  # dwell_ms NaN or outside [min_dwell_ms, max_dwell_ms]
     LATE = "late"  # event time at or behind the watermark when it arrived
     UNKNOWN_SCHEMA_VERSION = "unknown_schema_version"  # schema-version header garbled or of no known schema
 
@@ -58,17 +67,26 @@ class CodecError(ValueError):
 
 @dataclass(frozen=True)
 class ValidationLimits:
-    """Bounds applied to decoded events (mirrored by the JVM decoder's job parameters)."""
+    """Bounds applied to decoded events (passed to the JVM decoder as literals).
+
+    A key is accepted with 1 to ``max_key_bytes`` UTF-8 bytes, ``ts_ms`` within
+    ``[min_ts_ms, max_ts_ms]`` and ``dwell_ms`` within ``[min_dwell_ms, max_dwell_ms]``
+    (bounds included; NaN and infinities never are)."""
 
     max_key_bytes: int = 256
     min_ts_ms: int = 0
     max_ts_ms: int = 4_102_444_800_000  # 2100-01-01T00:00:00Z
+    min_dwell_ms: float = 0.0
+    max_dwell_ms: float = 86_400_000.0  # one day: a longer dwell is a client bug, not a reading
 
     def __post_init__(self) -> None:
         if self.max_key_bytes <= 0:
             raise ValueError("max_key_bytes must be positive")
         if self.min_ts_ms > self.max_ts_ms:
             raise ValueError("min_ts_ms must not exceed max_ts_ms")
+        if not (math.isfinite(self.min_dwell_ms) and math.isfinite(self.max_dwell_ms)
+                and self.min_dwell_ms <= self.max_dwell_ms):
+            raise ValueError("min_dwell_ms and max_dwell_ms must be finite, min <= max")
 
 
 @cache
@@ -200,11 +218,21 @@ def event_message(event: dict[str, Any]) -> tuple[bytes, list[tuple[str, bytes]]
     return encode_event(event), None
 
 
+@cache
+def event_plan(version: int, reader_version: int | None = None) -> RecordPlan:
+    """The strict decoder (``transforms.event_decoder``) of event.v<version> records read
+    as event.v<reader_version> (None: as written)."""
+    writer = json.loads(schema_path("event", version).read_text())
+    reader = writer if reader_version is None else json.loads(schema_path("event", reader_version).read_text())
+    return compile_plan(writer, reader)
+
+
 def decode_event(raw: bytes, version: int = 1) -> dict[str, Any]:
-    rec = decode(raw, "event", version)
-    if not isinstance(rec, dict):
-        raise CodecError("event is not a record")
-    return rec
+    """One event under the strict rule, without validation; ``CodecError`` when undecodable."""
+    try:
+        return event_plan(version).decode(raw)
+    except AvroDecodeError as exc:
+        raise CodecError(f"undecodable event.v{version}: {exc}") from exc
 
 
 def validate_event(event: dict[str, Any], limits: ValidationLimits = ValidationLimits()) -> tuple[DeadLetterReason, str] | None:
@@ -215,12 +243,16 @@ def validate_event(event: dict[str, Any], limits: ValidationLimits = ValidationL
             return DeadLetterReason.INVALID_KEY, f"{key} is empty"
         if len(str(value).encode("utf-8")) > limits.max_key_bytes:
             return DeadLetterReason.INVALID_KEY, f"{key} longer than {limits.max_key_bytes} bytes"
+    for key in BOUNDED_STRINGS:  # may be empty (or null), never longer than a key
+        value = event.get(key)
+        if value and len(value.encode("utf-8")) > limits.max_key_bytes:
+            return DeadLetterReason.INVALID_KEY, f"{key} longer than {limits.max_key_bytes} bytes"
     ts_ms = event["ts_ms"]
     if ts_ms < limits.min_ts_ms or ts_ms > limits.max_ts_ms:
         return DeadLetterReason.INVALID_TIMESTAMP, f"ts_ms {ts_ms} outside [{limits.min_ts_ms}, {limits.max_ts_ms}]"
     dwell = event["dwell_ms"]
-    if math.isnan(dwell) or math.isinf(dwell) or dwell < 0:
-        return DeadLetterReason.INVALID_DWELL, f"dwell_ms {dwell}"
+    if not limits.min_dwell_ms <= dwell <= limits.max_dwell_ms:  # False for NaN
+        return DeadLetterReason.INVALID_DWELL, f"dwell_ms {dwell} outside [{limits.min_dwell_ms}, {limits.max_dwell_ms}]"
     return None
 
 
@@ -245,11 +277,8 @@ def try_decode_event(
     if not raw:
         return None, DeadLetterReason.UNDECODABLE.value, "empty value"
     try:
-        rec = decode(raw, "event", version, reader_version)
-        if not isinstance(rec, dict):
-            raise CodecError("event is not a record")
-        event: dict[str, Any] = rec
-    except CodecError as exc:
+        event = event_plan(version, reader_version).decode(raw)
+    except AvroDecodeError as exc:
         return None, DeadLetterReason.UNDECODABLE.value, str(exc)
     problem = validate_event(event, limits)
     if problem is not None:

@@ -9,7 +9,10 @@ edges 0.1 .. 0.9), ``frequencies`` per bin, ``n`` (rows), ``n_valid``, ``missing
 ``mean``, ``variance`` (population) and ``quantiles`` (``n_quantiles`` evenly spaced
 quantiles of the non-missing values, the KS comparison sample). Bins are right-closed:
 ``(e_i, e_i+1]``, so a point mass at a quantile falls in the bin that quantile closes.
-Missing means not finite (NaN, or +-inf); bins, moments and samples use the rest.
+Missing means not a value a model input can hold: NaN, +-inf, or beyond float32's range
+(``|v| > VALUE_LIMIT``, such as 1e100; scoring falls such rows back as
+``feature_out_of_range``); bins, moments and samples use the rest, so one extreme value
+never overflows a window's sums.
 
 Statistics: PSI ``sum((a - b) ln(a / b))`` over bin shares, each floored at
 ``PSI_EPSILON`` and renormalised (empty bins would be infinite), computed as
@@ -41,6 +44,7 @@ from scipy.stats import entropy, ks_2samp
 SCHEMA = 1
 PREDICTION = "prediction"
 PSI_EPSILON = 1e-4  # floor of a bin share before renormalising (PSI of an empty bin)
+VALUE_LIMIT = float(np.finfo(np.float32).max)  # larger magnitudes count as missing
 SAMPLE_SIZE = 5000  # reservoir values kept per column and window for KS
 NEAR_HALF = 0.1  # |p - 0.5| < NEAR_HALF counts as an unconfident score
 
@@ -49,8 +53,13 @@ class DriftError(ValueError):
     """Bad reference statistics or inputs of the wrong shape."""
 
 
+def _present(v: np.ndarray) -> np.ndarray:
+    """Not missing: finite and within ``VALUE_LIMIT`` (False for NaN and +-inf)."""
+    return np.abs(v) <= VALUE_LIMIT
+
+
 def _column_reference(v: np.ndarray, interior: np.ndarray | None, n_bins: int, n_quantiles: int) -> dict[str, Any]:
-    ok = v[np.isfinite(v)]
+    ok = v[_present(v)]
     if interior is None:
         interior = np.unique(np.quantile(ok, np.linspace(0, 1, n_bins + 1)[1:-1])) if ok.size else np.empty(0)
     counts = np.bincount(np.searchsorted(interior, ok, side="left"), minlength=interior.size + 1)
@@ -160,7 +169,7 @@ class DriftWindow:
         xa, sa = _check_shapes(x, scores, len(self.feature_names))
         cols = np.column_stack([xa, sa])
         keys = self._rng.random(cols.shape[0])
-        ok = np.isfinite(cols)
+        ok = _present(cols)
         self.n += cols.shape[0]
         self.n_valid += ok.sum(axis=0)
         for j, edges in enumerate(self.edges):

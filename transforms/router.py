@@ -22,7 +22,7 @@ import numpy as np
 
 from transforms.deployment import Deployment, assign_arms
 from transforms.registry import ModelEntry, Registry, RegistryError
-from transforms.scoring import ModelRouter, OnnxScorer
+from transforms.scoring import ModelRouter, OnnxScorer, score_rows
 
 
 class Predictor(Protocol):
@@ -71,13 +71,16 @@ def _chain(srv: Serving, model: str | None, default_score: float, latency_budget
 def route(srv: Serving, user_ids: Sequence[str], x: np.ndarray, *, default_score: float, latency_budget_ms: float,
           with_reference: bool = False) -> Routed:
     """Score ``x`` (rows of ``user_ids``) under ``srv``; every row says which model, arm
-    and fallback reason produced its score."""
+    and fallback reason produced its score (a row its model cannot score falls back on
+    its own, the other rows keep the model's scores)."""
     n = len(user_ids)
     dep = srv.deployment
     arms = dep.arms
     idx = assign_arms(user_ids, arms)
     scores = np.full(n, default_score, dtype=np.float64)
-    names, versions, reasons = ["default"] * n, ["default"] * n, ["no_model"] * n
+    names = np.full(n, "default", dtype=object)
+    versions = np.full(n, "default", dtype=object)
+    reasons = np.full(n, "no_model", dtype=object)
     arm_names = [arms[i].name for i in idx] if arms else ["default"] * n
     latency: dict[str, float] = {}
     for a_i, arm in enumerate(arms or ()):
@@ -88,26 +91,32 @@ def route(srv: Serving, user_ids: Sequence[str], x: np.ndarray, *, default_score
         out = _chain(srv, arm.model, default_score, latency_budget_ms).score(x[rows])
         latency[arm.name] = (time.perf_counter() - t0) * 1000.0
         scores[rows] = out.scores
-        for r in rows.tolist():
-            names[r], versions[r], reasons[r] = out.model_name, out.model_version, out.fallback_reason
+        names[rows], versions[rows], reasons[rows] = out.per_row()
     if not arms:  # nothing deployed: the fallback chain alone
         out = _chain(srv, None, default_score, latency_budget_ms).score(x)
         scores[:] = out.scores
-        names, versions, reasons = [out.model_name] * n, [out.model_version] * n, [out.fallback_reason or "no_model"] * n
-    res = Routed(scores, names, versions, arm_names, reasons, idx, latency)
+        names, versions, reasons = out.per_row()
+        reasons[reasons == ""] = "no_model"
+    res = Routed(scores, names.tolist(), versions.tolist(), arm_names, reasons.tolist(), idx, latency)
     shadow = srv.predictors.get(dep.shadow) if dep.shadow else None
-    if shadow is not None and n:
-        try:
-            res.shadow_ref, res.shadow_scores = dep.shadow or "", shadow.predict(x)
-        except Exception:  # a failing shadow never affects served scores
-            res.shadow_ref, res.shadow_scores = "", None
+    if shadow is not None and n:  # a failing shadow never affects served scores
+        res.shadow_scores = _side_scores(shadow, x)
+        res.shadow_ref = (dep.shadow or "") if res.shadow_scores is not None else ""
     fallback = srv.predictors.get(dep.fallback) if dep.fallback else None
     if with_reference and fallback is not None and n:
-        try:
-            res.reference_ref, res.reference_scores = dep.fallback or "", fallback.predict(x)
-        except Exception:
-            res.reference_ref, res.reference_scores = "", None
+        res.reference_scores = _side_scores(fallback, x)
+        res.reference_ref = (dep.fallback or "") if res.reference_scores is not None else ""
     return res
+
+
+def _side_scores(predictor: Any, x: np.ndarray) -> np.ndarray | None:
+    """Scores of a model that serves nothing (shadow, reference): NaN for the rows it
+    cannot score; None when it fails as a whole or scores no row."""
+    try:
+        res = score_rows(predictor, x)
+    except Exception:
+        return None
+    return None if res.failed.size == res.scores.size else res.scores
 
 
 def load_predictors(registry_path: Path, refs: set[str], feature_set_version: str,

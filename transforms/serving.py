@@ -28,6 +28,9 @@ from transforms.monitoring import ModelMonitors, MonitorConfig
 from transforms.online_eval import EvalConfig, Key, OnlineEvaluator, RollbackPolicy, rollback_reason
 from transforms.registry import RegistryError, split_ref
 from transforms.router import Routed, Serving, initial_deployment, load_predictors, resolve_ref, route
+from transforms.scoring import FEATURE_OUT_OF_RANGE
+
+ROW_DATA_REASONS = frozenset({FEATURE_OUT_OF_RANGE})  # fallback kinds caused by a row's data, not its model
 
 
 class Publisher(Protocol):
@@ -93,6 +96,11 @@ class ServingConfig:
     rollback: RollbackPolicy = field(default_factory=RollbackPolicy)
     monitor: MonitorConfig | None = None  # drift, fairness, explanations (None: off)
     feature_names: tuple[str, ...] = ()  # model input names, in order (drift and explanations)
+
+
+def _kind(reason: str) -> str:
+    """The kind of a fallback reason: ``primary_error: ...`` -> ``primary_error``."""
+    return reason.split(":", 1)[0].split(" ", 1)[0]
 
 
 def _split(ref: str) -> tuple[str, str]:
@@ -248,12 +256,15 @@ class ScoringService:
                 self.rollback(reason, source="auto")
 
     def _fallback_alerts(self, out: Routed) -> None:
-        """One alert when an arm starts falling back (or its reason changes), one when it recovers."""
+        """One alert when an arm starts falling back (or its reason changes), one when it recovers.
+        Rows that fell back for their own data (``feature_out_of_range``) say nothing about
+        the model: they are counted in the scores' reasons, not alerted."""
         seen: dict[str, str] = {}
         for arm, reason in zip(out.arm, out.fallback_reason, strict=True):
-            seen.setdefault(arm, reason)
+            if arm not in seen or (not seen[arm] and _kind(reason) not in ROW_DATA_REASONS):
+                seen[arm] = "" if _kind(reason) in ROW_DATA_REASONS else reason
         for arm, reason in seen.items():
-            kind = reason.split(":", 1)[0].split(" ", 1)[0]
+            kind = _kind(reason)
             before = self._last_reason.get(arm, "")
             if kind != before:
                 self._last_reason[arm] = kind

@@ -16,6 +16,7 @@ from jobs.kafka_io import produce_event, producer, read_topic
 from jobs.prometheus import scrape, select, total, unscale
 from tests.integration.conftest import fresh_topics, job_env, run_job
 from transforms.codecs import decode
+from transforms.dead_letters import decode_dead_letter
 from transforms.explain import sampled
 from transforms.spec import load_spec
 
@@ -69,7 +70,8 @@ def _run(broker, registry_path, events, prometheus_port: int = 0, **extra):
         done.set()
 
     def read(name, schema):
-        return [v for _, v, _ in read_topic(broker.bootstrap, topics[name], lambda b: decode(b, schema))]
+        dec = decode_dead_letter if schema == "dead_letter" else lambda b: decode(b, schema)
+        return [v for _, v, _ in read_topic(broker.bootstrap, topics[name], dec)]
 
     return {"scores": read("scores", "scored_result"), "alerts": read("alerts", "alert"),
             "monitoring": read("model-monitoring", "monitoring"), "explanations": read("explanations", "explanation"),

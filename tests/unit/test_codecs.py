@@ -60,11 +60,16 @@ def test_trailing_bytes_are_undecodable():
 
 
 def test_limits_are_applied():
-    limits = ValidationLimits(max_key_bytes=4, min_ts_ms=0, max_ts_ms=2_000_000_000_000)
-    assert try_decode_event(encode_event({**GOOD, "user_id": "u12345"}), limits)[1] == "invalid_key"
+    limits = ValidationLimits(max_key_bytes=6, min_ts_ms=0, max_ts_ms=2_000_000_000_000, max_dwell_ms=5_000.0)
+    assert try_decode_event(encode_event({**GOOD, "user_id": "u123456"}), limits)[1] == "invalid_key"
+    assert try_decode_event(encode_event({**GOOD, "device": "phablet"}), limits)[1:] == (
+        "invalid_key", "device longer than 6 bytes")
     ok, reason, _ = try_decode_event(encode_event(GOOD), limits)
     assert reason is None and ok == GOOD
     assert try_decode_event(encode_event({**GOOD, "dwell_ms": -1.0}))[1] == "invalid_dwell"
+    assert try_decode_event(encode_event({**GOOD, "dwell_ms": 5_000.0}), limits)[1] is None  # inclusive
+    assert try_decode_event(encode_event({**GOOD, "dwell_ms": 5_000.5}), limits)[1] == "invalid_dwell"
+    assert try_decode_event(encode_event({**GOOD, "dwell_ms": 1e100}))[1] == "invalid_dwell"
     assert math.isnan(decode_event(encode_event({**GOOD, "dwell_ms": float("nan")}))["dwell_ms"])
 
 

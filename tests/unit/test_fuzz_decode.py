@@ -10,7 +10,17 @@ import fastavro
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from jobs.generator import EXPECTED_REASON, HEADER_KINDS, MALFORMED_KINDS, as_v2, malformed_message
+from jobs.generator import (
+    EVENT_STRING_FIELDS,
+    EXPECTED_REASON,
+    HEADER_KINDS,
+    INVALID_UTF8,
+    MALFORMED_KINDS,
+    as_v2,
+    malformed_message,
+    with_field,
+    zigzag,
+)
 from transforms.codecs import (
     SCHEMA_DIR,
     DeadLetterReason,
@@ -250,3 +260,116 @@ def test_duplicate_event_ids_are_each_processed():
     assert ref.accepted == 3 and not ref.late
     group = next(g for g in spec.groups if g.entity == "user" and "impressions" in g.feature_names)
     assert [f["impressions"] for f in ref.groups[group.name].values()] == [3.0]
+
+
+# --- the strict rule's families (transforms/event_decoder.py), and both engines on fuzzed batches ---
+
+def _not_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
+BAD_UTF8 = st.one_of(
+    st.sampled_from([seq for seqs in INVALID_UTF8.values() for seq in seqs]),
+    st.binary(min_size=1, max_size=12).filter(_not_utf8),
+    st.builds(lambda pre, seq, post: pre.encode() + seq + post.encode(), st.text(max_size=5),
+              st.sampled_from([seq for seqs in INVALID_UTF8.values() for seq in seqs]), st.text(max_size=5)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(seq=BAD_UTF8, field=st.sampled_from((*EVENT_STRING_FIELDS, "item_category")), v2=st.booleans())
+def test_invalid_utf8_in_any_string_field_is_undecodable(seq, field, v2):
+    version = 2 if v2 or field == "item_category" else 1
+    ev = as_v2(GOOD) if version == 2 else GOOD
+    enc = (b"\x02" if field == "item_category" else b"") + zigzag(len(seq)) + seq
+    raw = with_field(ev, field, enc, version)
+    event, reason, detail = _outcome(raw, version)
+    assert (reason, detail) == ("undecodable", f"{field}: invalid UTF-8")
+
+
+@settings(max_examples=300, deadline=None)
+@given(idx=st.one_of(st.integers(-(2**31), -1), st.integers(3, 2**31 - 1)), v2=st.booleans())
+def test_enum_index_outside_the_symbols_is_undecodable(idx, v2):
+    ev = as_v2(GOOD) if v2 else GOOD
+    raw = with_field(ev, "event_type", zigzag(idx), 2 if v2 else 1)
+    assert _outcome(raw, 2 if v2 else 1)[1:] == ("undecodable", f"event_type: enum index {idx} outside [0, 3)")
+
+
+@settings(max_examples=200, deadline=None)
+@given(idx=st.one_of(st.integers(-(2**31), -1), st.integers(2, 2**31 - 1)))
+def test_union_index_outside_the_branches_is_undecodable(idx):
+    raw = with_field(as_v2(GOOD), "item_category", zigzag(idx), 2)
+    assert _outcome(raw, 2)[1:] == ("undecodable", f"item_category: union index {idx} outside [0, 2)")
+
+
+@settings(max_examples=300, deadline=None)
+@given(extra=st.integers(1, 6), last=st.integers(0, 0x7F), field=st.sampled_from(("ts_ms", "user_id", "event_type")))
+def test_overlong_varints_are_undecodable(extra, last, field):
+    max_bytes = 5 if field == "event_type" else 10
+    raw_varint = b"\x80" * (max_bytes - 1 + extra) + bytes([last])  # longer than the type allows
+    raw = with_field(GOOD, field, raw_varint)
+    kind = "int" if field == "event_type" else "long"
+    assert _outcome(raw, 1)[1:] == ("undecodable", f"{field}: invalid {kind} encoding")
+
+
+@settings(max_examples=300, deadline=None)
+@given(n=st.integers(-(2**63), -1), field=st.sampled_from(EVENT_STRING_FIELDS))
+def test_negative_lengths_are_undecodable(n, field):
+    raw = with_field(GOOD, field, zigzag(n) + b"abc")
+    assert _outcome(raw, 1)[1:] == ("undecodable", f"{field}: negative length {n}")
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), v2=st.booleans())
+def test_every_cut_is_undecodable_naming_the_cut_field(data, v2):
+    version = 2 if v2 else 1
+    ev = as_v2(GOOD) if v2 else GOOD
+    raw = encode_event(ev, version)
+    cut = data.draw(st.integers(1, len(raw) - 1))
+    _, reason, detail = _outcome(raw[:cut], version)
+    assert reason == "undecodable" and detail.endswith(": truncated")
+
+
+MUTATION = st.lists(st.tuples(st.sampled_from(("set", "insert", "delete")), st.integers(0, 200), st.integers(0, 255)),
+                    min_size=1, max_size=4)
+
+
+def _mutate(raw: bytes, ops) -> bytes:
+    buf = bytearray(raw)
+    for op, pos, byte in ops:
+        pos = pos % (len(buf) + 1)
+        if op == "insert":
+            buf[pos:pos] = bytes([byte])
+        elif buf:
+            if op == "set":
+                buf[min(pos, len(buf) - 1)] = byte
+            else:
+                del buf[min(pos, len(buf) - 1)]
+    return bytes(buf)
+
+
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(batch=st.lists(st.tuples(st.sampled_from([(1, None), (1, b"1"), (2, b"2")]), MUTATION,
+                                st.one_of(st.text(max_size=8), BAD_UTF8.map(lambda b: b.decode("latin-1")))),
+                      min_size=150, max_size=150))
+def test_fuzzed_batches_get_one_verdict_from_both_engines(batch):
+    """Hypothesis batches of mutated records through the JVM decoder (one JVM per batch)
+    and the Python decoder: identical verdicts, reasons, and details of undecodable ones."""
+    from tests.unit.decode_corpus import Case, run_jvm
+
+    cases = []
+    for (version, header), ops, user in batch:
+        ev = as_v2({**GOOD, "user_id": user}) if version == 2 else {**GOOD, "user_id": user}
+        cases.append(Case("fuzz", _mutate(encode_event(ev, version), ops), header))
+    for case, jvm in zip(cases, run_jvm(cases), strict=True):
+        event, reason, detail = try_decode_event(case.value, version=header_schema_version(
+            None if case.header is None else [("schema-version", case.header)]), reader_version=LATEST)
+        assert jvm.get("reason") == reason, (case, jvm, detail)
+        if reason == "undecodable":
+            assert jvm["detail"] == detail, (case, jvm)
+        if event is not None:
+            assert jvm["event"]["user_id"] == event["user_id"]

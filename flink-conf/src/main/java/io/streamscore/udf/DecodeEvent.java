@@ -4,11 +4,8 @@ import java.nio.charset.StandardCharsets;
 import java.util.Arrays;
 import java.util.HashMap;
 import java.util.Map;
+import java.util.List;
 import org.apache.flink.avro.shaded.org.apache.avro.Schema;
-import org.apache.flink.avro.shaded.org.apache.avro.generic.GenericDatumReader;
-import org.apache.flink.avro.shaded.org.apache.avro.generic.GenericRecord;
-import org.apache.flink.avro.shaded.org.apache.avro.io.BinaryDecoder;
-import org.apache.flink.avro.shaded.org.apache.avro.io.DecoderFactory;
 import org.apache.flink.table.annotation.DataTypeHint;
 import org.apache.flink.table.annotation.FunctionHint;
 import org.apache.flink.table.data.GenericRowData;
@@ -21,9 +18,11 @@ import org.apache.flink.table.functions.ScalarFunction;
  * per-event Python runs in the Flink job.
  *
  * <p>Returns a row whose {@code reason} is null for a good event, or one of the
- * dead-letter reasons of {@code transforms.codecs.DeadLetterReason} for a bad one. The
- * rules mirror {@code transforms.codecs.validate_event}; the integration tests feed both
- * the same bad records and compare reasons.
+ * dead-letter reasons of {@code transforms.codecs.DeadLetterReason} for a bad one. Bytes
+ * are read under the strict rule of {@link StrictAvro} (the twin of {@code
+ * transforms/event_decoder.py}); the validation mirrors {@code
+ * transforms.codecs.validate_event}. A cross-engine test feeds both one malformed corpus
+ * ({@link DecodeCorpus}) and compares verdicts, reasons and details.
  *
  * <p>Arguments: the raw value, the writer and reader schema file names (bundled from
  * {@code schemas/} at build time), and the validation limits. Everything comes in the
@@ -59,13 +58,18 @@ public class DecodeEvent extends ScalarFunction {
     private static final int FIELDS = 11;
     private static final int REASON = 9;
     private static final int DETAIL = 10;
+    /** Output slots: the reader's fields, in the order of the result row. */
+    static final List<String> LAYOUT = List.of(
+            "event_id", "user_id", "item_id", "ts_ms", "event_type", "dwell_ms", "device", "region",
+            "item_category");
+    /** item_category, device, region: bounded like keys, may be empty (transforms.codecs.BOUNDED_STRINGS). */
+    private static final int[] BOUNDED_STRINGS = {8, 6, 7};
     /** Longest accepted version header: nine digits. */
     private static final int MAX_VERSION_DIGITS = 9;
 
     /** Per thread: readers by schema pair, and the last input with its result. */
     private static final class State {
-        final Map<String, GenericDatumReader<GenericRecord>> readers = new HashMap<>();
-        BinaryDecoder decoder;
+        final Map<String, StrictAvro.RecordPlan> plans = new HashMap<>();
         byte[] lastValue;
         byte[] lastVersionHeader;
         boolean lastWithHeader; // which overload produced the last result
@@ -76,13 +80,15 @@ public class DecodeEvent extends ScalarFunction {
         int lastMaxKeyBytes;
         long lastMinTsMs;
         long lastMaxTsMs;
+        double lastMinDwellMs;
+        double lastMaxDwellMs;
         RowData lastResult;
     }
 
     private static final ThreadLocal<State> STATE = ThreadLocal.withInitial(State::new);
 
     /** Loads {@code schemas/<name>} bundled in this jar from the project's schemas folder. */
-    private static Schema loadSchema(String name) {
+    static Schema loadSchema(String name) {
         try (java.io.InputStream in =
                 DecodeEvent.class.getResourceAsStream("/schemas/" + name)) {
             if (in == null) {
@@ -95,19 +101,19 @@ public class DecodeEvent extends ScalarFunction {
         }
     }
 
-    private static RowData bad(String reason, String detail) {
+    static RowData bad(String reason, String detail) {
         GenericRowData row = new GenericRowData(FIELDS);
         row.setField(REASON, StringData.fromString(reason));
         row.setField(DETAIL, StringData.fromString(detail));
         return row;
     }
 
-    private static String keyProblem(String name, String value, int maxKeyBytes) {
-        if (value == null || value.isEmpty()) {
+    private static String keyProblem(String name, Object value, int maxKeyBytes) {
+        int n = StrictAvro.utf8Length(value);
+        if (n == 0) {
             return name + " is empty";
         }
-        if (value.length() > maxKeyBytes
-                || value.getBytes(StandardCharsets.UTF_8).length > maxKeyBytes) {
+        if (n > maxKeyBytes) {
             return name + " longer than " + maxKeyBytes + " bytes";
         }
         return null;
@@ -170,15 +176,15 @@ public class DecodeEvent extends ScalarFunction {
             String readerSchema,
             Integer maxKeyBytes,
             Long minTsMs,
-            Long maxTsMs) {
+            Long maxTsMs,
+            Double minDwellMs,
+            Double maxDwellMs) {
         State st = STATE.get();
         if (st.lastValue != null
-                && (value == st.lastValue || Arrays.equals(value, st.lastValue))
                 && st.lastWithHeader
+                && (value == st.lastValue || Arrays.equals(value, st.lastValue))
                 && Arrays.equals(versionHeader, st.lastVersionHeader)
-                && maxKeyBytes == st.lastMaxKeyBytes
-                && minTsMs == st.lastMinTsMs
-                && maxTsMs == st.lastMaxTsMs
+                && sameLimits(st, maxKeyBytes, minTsMs, maxTsMs, minDwellMs, maxDwellMs)
                 && writerSchemas.equals(st.lastWriter)
                 && readerSchema.equals(st.lastReader)) {
             return st.lastResult;
@@ -198,24 +204,12 @@ public class DecodeEvent extends ScalarFunction {
                     "schema-version " + version + " is not a known event schema (known: "
                             + String.join(", ", new java.util.TreeSet<>(st.writerList.keySet())) + ")");
         } else {
-            result = decode(st, reader(st, writerSchema, readerSchema), value, maxKeyBytes, minTsMs, maxTsMs);
+            result = decode(plan(st, writerSchema, readerSchema), value, maxKeyBytes, minTsMs, maxTsMs,
+                    minDwellMs, maxDwellMs);
         }
-        st.lastValue = value;
-        st.lastVersionHeader = versionHeader;
-        st.lastWithHeader = true;
-        st.lastWriter = writerSchemas;
-        st.lastReader = readerSchema;
-        st.lastMaxKeyBytes = maxKeyBytes;
-        st.lastMinTsMs = minTsMs;
-        st.lastMaxTsMs = maxTsMs;
-        st.lastResult = result;
+        remember(st, value, versionHeader, true, writerSchemas, readerSchema, maxKeyBytes, minTsMs, maxTsMs,
+                minDwellMs, maxDwellMs, result);
         return result;
-    }
-
-    private static GenericDatumReader<GenericRecord> reader(State st, String writerSchema, String readerSchema) {
-        return st.readers.computeIfAbsent(
-                writerSchema + '|' + readerSchema,
-                k -> new GenericDatumReader<>(loadSchema(writerSchema), loadSchema(readerSchema)));
     }
 
     /** One fixed writer schema (no version header). */
@@ -225,83 +219,98 @@ public class DecodeEvent extends ScalarFunction {
             String readerSchema,
             Integer maxKeyBytes,
             Long minTsMs,
-            Long maxTsMs) {
+            Long maxTsMs,
+            Double minDwellMs,
+            Double maxDwellMs) {
         State st = STATE.get();
         if (st.lastValue != null
-                && (value == st.lastValue || Arrays.equals(value, st.lastValue))
-                && maxKeyBytes == st.lastMaxKeyBytes
-                && minTsMs == st.lastMinTsMs
-                && maxTsMs == st.lastMaxTsMs
                 && !st.lastWithHeader
+                && (value == st.lastValue || Arrays.equals(value, st.lastValue))
+                && sameLimits(st, maxKeyBytes, minTsMs, maxTsMs, minDwellMs, maxDwellMs)
                 && writerSchema.equals(st.lastWriter)
                 && readerSchema.equals(st.lastReader)) {
             return st.lastResult;
         }
-        RowData result = decode(st, reader(st, writerSchema, readerSchema), value, maxKeyBytes, minTsMs, maxTsMs);
-        st.lastValue = value;
-        st.lastVersionHeader = null;
-        st.lastWithHeader = false;
-        st.lastWriter = writerSchema;
-        st.lastReader = readerSchema;
-        st.lastMaxKeyBytes = maxKeyBytes;
-        st.lastMinTsMs = minTsMs;
-        st.lastMaxTsMs = maxTsMs;
-        st.lastResult = result;
+        RowData result = decode(plan(st, writerSchema, readerSchema), value, maxKeyBytes, minTsMs, maxTsMs,
+                minDwellMs, maxDwellMs);
+        remember(st, value, null, false, writerSchema, readerSchema, maxKeyBytes, minTsMs, maxTsMs,
+                minDwellMs, maxDwellMs, result);
         return result;
     }
 
-    private static RowData decode(
-            State st,
-            GenericDatumReader<GenericRecord> reader,
+    private static boolean sameLimits(
+            State st, int maxKeyBytes, long minTsMs, long maxTsMs, double minDwellMs, double maxDwellMs) {
+        return maxKeyBytes == st.lastMaxKeyBytes
+                && minTsMs == st.lastMinTsMs
+                && maxTsMs == st.lastMaxTsMs
+                && minDwellMs == st.lastMinDwellMs
+                && maxDwellMs == st.lastMaxDwellMs;
+    }
+
+    private static void remember(
+            State st, byte[] value, byte[] versionHeader, boolean withHeader, String writer, String reader,
+            int maxKeyBytes, long minTsMs, long maxTsMs, double minDwellMs, double maxDwellMs, RowData result) {
+        st.lastValue = value;
+        st.lastVersionHeader = versionHeader;
+        st.lastWithHeader = withHeader;
+        st.lastWriter = writer;
+        st.lastReader = reader;
+        st.lastMaxKeyBytes = maxKeyBytes;
+        st.lastMinTsMs = minTsMs;
+        st.lastMaxTsMs = maxTsMs;
+        st.lastMinDwellMs = minDwellMs;
+        st.lastMaxDwellMs = maxDwellMs;
+        st.lastResult = result;
+    }
+
+    private static StrictAvro.RecordPlan plan(State st, String writerSchema, String readerSchema) {
+        return st.plans.computeIfAbsent(
+                writerSchema + '|' + readerSchema,
+                k -> StrictAvro.compile(loadSchema(writerSchema), loadSchema(readerSchema), LAYOUT));
+    }
+
+    /** Decode and validate one value with a compiled plan (also used by {@link DecodeCorpus}). */
+    static RowData decode(
+            StrictAvro.RecordPlan plan,
             byte[] value,
             int maxKeyBytes,
             long minTsMs,
-            long maxTsMs) {
+            long maxTsMs,
+            double minDwellMs,
+            double maxDwellMs) {
         if (value == null || value.length == 0) {
             return bad("undecodable", "empty value");
         }
-        GenericRecord rec;
+        Object[] slots = new Object[FIELDS];
         try {
-            st.decoder = DecoderFactory.get().binaryDecoder(value, st.decoder);
-            rec = reader.read(null, st.decoder);
-            if (!st.decoder.isEnd()) {
-                return bad("undecodable", "trailing bytes after record");
-            }
-        } catch (Exception | StackOverflowError | OutOfMemoryError exc) {
-            String msg = exc.getClass().getSimpleName() + ": " + exc.getMessage();
-            return bad("undecodable", msg.length() > 300 ? msg.substring(0, 300) : msg);
+            plan.decode(value, slots);
+        } catch (StrictAvro.DecodeException exc) {
+            return bad("undecodable", exc.getMessage());
         }
-        String eventId = String.valueOf(rec.get("event_id"));
-        String userId = String.valueOf(rec.get("user_id"));
-        String itemId = String.valueOf(rec.get("item_id"));
-        String[][] keys = {{"event_id", eventId}, {"user_id", userId}, {"item_id", itemId}};
-        for (String[] kv : keys) {
-            String problem = keyProblem(kv[0], kv[1], maxKeyBytes);
+        for (int i = 0; i < 3; i++) {
+            String problem = keyProblem(LAYOUT.get(i), slots[i], maxKeyBytes);
             if (problem != null) {
                 return bad("invalid_key", problem);
             }
         }
-        long tsMs = (Long) rec.get("ts_ms");
+        for (int i : BOUNDED_STRINGS) { // may be empty (or null), never longer than a key
+            if (StrictAvro.utf8Length(slots[i]) > maxKeyBytes) {
+                return bad("invalid_key", LAYOUT.get(i) + " longer than " + maxKeyBytes + " bytes");
+            }
+        }
+        long tsMs = ((Number) slots[3]).longValue();
         if (tsMs < minTsMs || tsMs > maxTsMs) {
             return bad(
                     "invalid_timestamp",
                     "ts_ms " + tsMs + " outside [" + minTsMs + ", " + maxTsMs + "]");
         }
-        double dwellMs = (Double) rec.get("dwell_ms");
-        if (Double.isNaN(dwellMs) || Double.isInfinite(dwellMs) || dwellMs < 0) {
-            return bad("invalid_dwell", "dwell_ms " + dwellMs);
+        double dwellMs = ((Number) slots[5]).doubleValue();
+        if (!(dwellMs >= minDwellMs && dwellMs <= maxDwellMs)) { // false for NaN
+            return bad("invalid_dwell", "dwell_ms " + dwellMs + " outside [" + minDwellMs + ", " + maxDwellMs + "]");
         }
         GenericRowData row = new GenericRowData(FIELDS);
-        row.setField(0, StringData.fromString(eventId));
-        row.setField(1, StringData.fromString(userId));
-        row.setField(2, StringData.fromString(itemId));
-        row.setField(3, tsMs);
-        row.setField(4, StringData.fromString(String.valueOf(rec.get("event_type"))));
-        row.setField(5, dwellMs);
-        row.setField(6, StringData.fromString(String.valueOf(rec.get("device"))));
-        row.setField(7, StringData.fromString(String.valueOf(rec.get("region"))));
-        if (rec.getSchema().getField("item_category") != null && rec.get("item_category") != null) {
-            row.setField(8, StringData.fromString(String.valueOf(rec.get("item_category"))));
+        for (int i = 0; i < LAYOUT.size(); i++) {
+            row.setField(i, i == 3 ? (Object) tsMs : i == 5 ? (Object) dwellMs : slots[i]);
         }
         return row;
     }
