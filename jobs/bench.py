@@ -15,8 +15,10 @@ Method
 * ``events_per_cpu_s`` (the headline): events per CPU-second of that whole tree in
   steady state, between the same 10% and 90% progress marks (CPU interpolated between
   0.5 s samples); ``events_per_cpu_s_whole_run`` counts start-up and the final flush too.
-* Latency: the job runs unbounded on fresh topics while events are replayed at half the
-  measured rate, with event time = wall clock. A window [s, e) can close at the earliest
+* Latency: the job runs unbounded on fresh topics; once it has completed its first
+  checkpoint (start-up left out), events are replayed at half the measured rate by a
+  producer without linger, with event time = wall clock, and the first windows are a
+  warm-up left out. A window [s, e) can close at the earliest
   when an event with time e + watermark delay arrives, i.e. at wall time e + delay; the
   latency of a score is its broker append time (``LogAppendTime``) minus that instant.
 """
@@ -112,16 +114,39 @@ def _commit_interval_ms() -> int:
     return cfg.checkpoint_interval_ms if cfg.delivery == "exactly-once" else 0
 
 
+def _wait_first_checkpoint(checkpoint_uri: str, since: float, proc: Any, timeout_s: float = 300.0) -> None:
+    """Block until a checkpoint written after ``since`` is complete (its ``_metadata``)."""
+    from urllib.parse import urlparse
+
+    root = Path(urlparse(checkpoint_uri).path)
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"latency job ended before its first checkpoint ({proc.returncode})")
+        if any(m.stat().st_mtime >= since for m in root.glob("*/chk-*/_metadata")):
+            _log(f"latency phase: first checkpoint after {time.time() - since:.0f} s")
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"no checkpoint in {root} within {timeout_s:.0f} s")
+
+
 def _latency_phase(bootstrap: str, broker_pid: int, rate: float, seconds: float, spec_delay_ms: int,
                    registry: str, lag_ms: int | None = None, commit_interval_ms: int = 0) -> dict[str, Any]:
     """Scores' latency from the close of their window in the spec (``end + spec_delay_ms``:
     the scoring groups' watermark); the job fires ``lag_ms - spec_delay_ms`` later still
     (its source watermark lags by the spec's largest allowed lateness), which this counts."""
+    import tempfile
+
     topics = fresh_topics(bootstrap, "lat")
     env = job_env(bootstrap, topics, STREAMSCORE_BOUNDED="false", STREAMSCORE_REGISTRY=registry)
-    proc = start_job(env, "--unbounded", text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    started = time.time()
+    log = tempfile.TemporaryFile("w+")  # a pipe nobody reads would block the job once full
+    proc = start_job(env, "--unbounded", text=True, stdout=subprocess.DEVNULL, stderr=log)
     try:
-        # warm the job up on a few windows' worth of traffic before the measured replay
+        # the replay starts once the job runs and has completed a checkpoint (start-up is
+        # not measured); its first windows are a warm-up, left out below
+        if commit_interval_ms:
+            _wait_first_checkpoint(JobConfig.from_env().checkpoint_uri(), started, proc)
         now_ms = int(time.time() * 1000)
         n = int(rate * seconds)
         cfg = TrafficConfig(seed=99, base_ts_ms=now_ms + 20_000, event_rate_per_s=rate / 0.76,
@@ -131,7 +156,8 @@ def _latency_phase(bootstrap: str, broker_pid: int, rate: float, seconds: float,
         offset = cfg.base_ts_ms - t0_wall  # event time - wall time
         _log(f"latency phase: replaying {n} events at ~{rate:,.0f}/s with event time = wall clock")
         time.sleep(max(0.0, (events[0]["ts_ms"] - offset) / 1000 - time.time()))
-        produce_events(bootstrap, topics["events"], _paced(events, offset), total=n, progress=False)
+        produce_events(bootstrap, topics["events"], _paced(events, offset), total=n, progress=False,
+                       linger_ms=0)  # each event leaves when it is due
         # the last windows fire after the source lag; read_committed readers see their
         # scores only once the next checkpoint commits the sink transaction
         time.sleep(3 + (lag_ms if lag_ms is not None else spec_delay_ms) / 1000 + 2 * commit_interval_ms / 1000)
@@ -175,35 +201,63 @@ def _machine() -> str:
     return f"{platform.node()} {os.cpu_count()} cores {model}".strip()
 
 
-def bench(n_events: int, peer_events: int, latency_s: float, label: str, env_overrides: dict[str, str]) -> dict[str, Any]:
+def _preload(bootstrap: str, events_topic: str, n_events: int) -> np.ndarray:
+    """The benchmark's N generated events in ``events_topic`` (sorted event times). A topic
+    that already holds exactly N records (an earlier run's, the same seed) is reused as it
+    is, so runs of a pair read the same bytes from the same log."""
+    from jobs.kafka_io import end_offsets
+
+    traffic = TrafficConfig(seed=5, out_of_order_fraction=0.05)
+    held = sum(end_offsets(bootstrap, events_topic).values())
+    if held == n_events:
+        _log(f"reusing the {n_events} events already in {events_topic}")
+        return np.sort(np.fromiter((ev["ts_ms"] for ev in generate_events(n_events, traffic)), dtype=np.int64))
+    if held:
+        raise RuntimeError(f"{events_topic} holds {held} records, not {n_events}: use another --topic")
+    _log(f"pre-loading {n_events} events into {events_topic}")
+    ts: list[int] = []
+
+    def tap() -> Any:
+        for ev in generate_events(n_events, traffic):
+            ts.append(ev["ts_ms"])
+            yield ev
+
+    produce_events(bootstrap, events_topic, tap(), total=n_events)
+    return np.sort(np.array(ts, dtype=np.int64))
+
+
+def _bench_topics(bootstrap: str, events_topic: str) -> dict[str, str]:
+    """Fresh output topics; the events topic is ``events_topic`` when given (created once)."""
+    topics = fresh_topics(bootstrap, "bench")
+    if events_topic:
+        kafka_local.create_topics(bootstrap, {events_topic: kafka_local.TOPICS["events"]})
+        topics["events"] = events_topic
+    return topics
+
+
+def bench(n_events: int, peer_events: int, latency_s: float, label: str, env_overrides: dict[str, str],
+          events_topic: str = "", ceiling: bool = True) -> dict[str, Any]:
     from jobs.peer import run_peer
 
     broker = kafka_local.BrokerConfig.from_env()
     was_running = kafka_local.answers(broker.bootstrap)
+    saved_env = {k: os.environ.get(k) for k in env_overrides}
     try:  # a broker this starts is stopped even when starting it is interrupted
         broker_pid = kafka_local.start(broker)
         os.environ.update(env_overrides)
         spec = load_spec()
         if not REGISTRY.exists():
             subprocess.run([sys.executable, "-m", "models.train"], check=True, cwd=ROOT)
-        topics = fresh_topics(broker.bootstrap, "bench")
-        traffic = TrafficConfig(seed=5, out_of_order_fraction=0.05)
-        _log(f"pre-loading {n_events} events into {topics['events']}")
-        ts: list[int] = []
-
-        def tap() -> Any:
-            for ev in generate_events(n_events, traffic):
-                ts.append(ev["ts_ms"])
-                yield ev
-
-        produce_events(broker.bootstrap, topics["events"], tap(), total=n_events)
-        event_ts = np.sort(np.array(ts, dtype=np.int64))
+        topics = _bench_topics(broker.bootstrap, events_topic)
+        event_ts = _preload(broker.bootstrap, topics["events"], n_events)
         env = job_env(broker.bootstrap, topics, STREAMSCORE_REGISTRY=str(REGISTRY))
 
-        _log("ceiling: bare Flink SQL aggregation into a blackhole")
-        ceil_info, ceil_stats = _run_job(env, broker_pid, ["--ceiling"])
-        ceiling_rate = n_events / ceil_info["running_s"]
-        _log(f"ceiling {ceiling_rate:,.0f} events/s")
+        ceiling_rate, ceil_cpu_s = None, None
+        if ceiling:
+            _log("ceiling: bare Flink SQL aggregation into a blackhole")
+            ceil_info, ceil_stats = _run_job(env, broker_pid, ["--ceiling"])
+            ceiling_rate, ceil_cpu_s = n_events / ceil_info["running_s"], ceil_stats.total_cpu_s
+            _log(f"ceiling {ceiling_rate:,.0f} events/s")
 
         _log("streamscore job: decode, windows, snapshots, ONNX scoring, Kafka sinks")
         env_job = job_env(broker.bootstrap, topics, STREAMSCORE_REGISTRY=str(REGISTRY))
@@ -216,15 +270,18 @@ def bench(n_events: int, peer_events: int, latency_s: float, label: str, env_ove
         _log(f"job {job_rate:,.0f} events/s (sustained {sustained or 0:,.0f}); {len(out.scores)} scores")
 
         peer_n = min(peer_events, n_events)
-        _log(f"peer: plain Python consumer/producer on the first {peer_n} events")
-        peer_topics = fresh_topics(broker.bootstrap, "peer")
-        peer = run_peer(broker.bootstrap, topics["events"], peer_topics, spec, REGISTRY, peer_n)
-        flink_snaps = {(v["feature_group"], v["entity_id"], v["window_start_ms"]): v["features"]
-                       for _, v, _ in out.snapshots}
-        checked = [k for k in peer.sample if k in flink_snaps]
-        same = sum(all(abs(flink_snaps[k][f] - x) <= 1e-6 * max(1.0, abs(x)) for f, x in peer.sample[k].items())
-                   for k in checked)
-        _log(f"peer {peer.events_per_s:,.0f} events/s; features equal on {same}/{len(checked)} sampled windows")
+        peer, same, checked = None, 0, []
+        if peer_n > 0:
+            _log(f"peer: plain Python consumer/producer on the first {peer_n} events")
+            peer_topics = fresh_topics(broker.bootstrap, "peer")
+            peer = run_peer(broker.bootstrap, topics["events"], peer_topics, spec, REGISTRY, peer_n)
+            flink_snaps = {(v["feature_group"], v["entity_id"], v["window_start_ms"]): v["features"]
+                           for _, v, _ in out.snapshots}
+            checked = [k for k in peer.sample if k in flink_snaps]
+            same = sum(all(abs(flink_snaps[k][f] - x) <= 1e-6 * max(1.0, abs(x)) for f, x in peer.sample[k].items())
+                       for k in checked)
+            _log(f"peer {peer.events_per_s:,.0f} events/s; features equal on {same}/{len(checked)} sampled windows")
+        peer_rate = peer.events_per_s if peer is not None else None
 
         lat = _latency_phase(broker.bootstrap, broker_pid, 0.5 * job_rate, latency_s,
                              spec.watermark_delay_ms + spec.scoring_lateness_ms, str(REGISTRY),
@@ -236,22 +293,84 @@ def bench(n_events: int, peer_events: int, latency_s: float, label: str, env_ove
             "events_per_cpu_s": round(per_cpu, 1) if per_cpu else None,
             "events_per_cpu_s_whole_run": round(n_events / job_stats.total_cpu_s, 1) if job_stats.total_cpu_s else None,
             "events_per_s": round(job_rate, 1), "sustained_events_per_s": round(sustained, 1) if sustained else None,
-            "ceiling_events_per_s": round(ceiling_rate, 1), "peer_events_per_s": round(peer.events_per_s, 1),
-            "ratio_vs_ceiling": round(job_rate / ceiling_rate, 3), "ratio_vs_peer": round(job_rate / peer.events_per_s, 3) if peer.events_per_s else None,
+            "ceiling_events_per_s": round(ceiling_rate, 1) if ceiling_rate else None,
+            "peer_events_per_s": round(peer_rate, 1) if peer_rate else None,
+            "ratio_vs_ceiling": round(job_rate / ceiling_rate, 3) if ceiling_rate else None,
+            "ratio_vs_peer": round(job_rate / peer_rate, 3) if peer_rate else None,
             "p50_ms": lat.get("p50_ms"), "p99_ms": lat.get("p99_ms"), "max_ms": lat.get("max_ms"),
             "p99_fire_to_kafka_ms": lat.get("p99_fire_to_kafka_ms"), "latency_replay_events_per_s": lat.get("latency_replay_events_per_s"),
             "cpu_s_per_million": round(job_stats.total_cpu_s / (n_events / 1e6), 2),
-            "ceiling_cpu_s_per_million": round(ceil_stats.total_cpu_s / (n_events / 1e6), 2),
+            "ceiling_cpu_s_per_million": round(ceil_cpu_s / (n_events / 1e6), 2) if ceil_cpu_s else None,
             "peak_rss_mb": round(max(job_stats.peak_rss_mb.values(), default=0.0), 1),
             "peak_rss_mb_by_process": peak_rss,
             "scores_out": len(out.scores), "snapshots_out": len(out.snapshots),
-            "peer_events": peer.events, "peer_feature_check": f"{same}/{len(checked)}",
+            "peer_events": peer.events if peer is not None else 0, "peer_feature_check": f"{same}/{len(checked)}",
             "settings": {k: v for k, v in os.environ.items() if k.startswith("STREAMSCORE_") and k in env_overrides},
+            "events_topic": topics["events"],
         }
         return result
     finally:
+        for k, v in saved_env.items():  # a pair's next run starts from the same environment
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
         if not was_running:
             kafka_local.stop(broker)
+
+
+def parse_arm(text: str) -> tuple[str, dict[str, str]]:
+    """``LABEL`` or ``LABEL:STREAMSCORE_X=V,STREAMSCORE_Y=W`` (one arm of ``--pair``).
+
+    >>> parse_arm("hashmap:STREAMSCORE_STATE_BACKEND=hashmap")
+    ('hashmap', {'STREAMSCORE_STATE_BACKEND': 'hashmap'})
+    >>> parse_arm("baseline")
+    ('baseline', {})
+    """
+    label, _, rest = text.partition(":")
+    settings = dict(kv.split("=", 1) for kv in rest.split(",") if kv)
+    if not label or any(not k.startswith("STREAMSCORE_") for k in settings):
+        raise ValueError(f"arm {text!r}: want LABEL[:STREAMSCORE_X=V,...]")
+    return label, settings
+
+
+def abba(arm_a: tuple[str, dict[str, str]], arm_b: tuple[str, dict[str, str]], n_events: int, peer_events: int,
+         base: dict[str, str], record: bool = True) -> list[dict[str, Any]]:
+    """Runs A, B, B, A on one pre-loaded events topic (JIT-cold runs and drift in the
+    machine fall on both arms alike); each run is recorded with its pair id and position.
+    The first run also measures the peer, the outer two the ceiling."""
+    import uuid
+
+    pair_id = uuid.uuid4().hex[:8]
+    topic = f"bench-pair-{pair_id}-events"
+    results = []
+    for pos, (label, settings) in enumerate((arm_a, arm_b, arm_b, arm_a)):
+        _log(f"pair {pair_id}: run {pos + 1}/4 ({label})")
+        res = bench(n_events, peer_events if pos == 0 else 0, 0.0, label, {**base, **settings}, topic,
+                    ceiling=pos in (0, 3))
+        res.update(pair=pair_id, pair_position="ABBA"[pos])
+        if record:
+            _record(res)
+        results.append(res)
+    return results
+
+
+def pair_summary(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per arm: the mean of its runs' events per CPU-second, events per second and CPU."""
+    out: dict[str, Any] = {"pair": results[0].get("pair") if results else None}
+    for label in dict.fromkeys(r["label"] for r in results):
+        runs = [r for r in results if r["label"] == label]
+        for key in ("events_per_cpu_s", "events_per_s", "cpu_s_per_million"):
+            vals = [r[key] for r in runs if r.get(key)]
+            out[f"{label}.{key}"] = round(sum(vals) / len(vals), 1) if vals else None
+    return out
+
+
+def _record(result: dict[str, Any]) -> None:
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS, "a") as fh:
+        fh.write(json.dumps(result) + "\n")
+    write_history()
 
 
 def write_history(results: Path = RESULTS, out: Path = HISTORY) -> None:
@@ -290,14 +409,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="STREAMSCORE_X=V",
                     help="job setting for this run (repeatable), e.g. STREAMSCORE_ARROW_BATCH=5000")
     ap.add_argument("--no-record", action="store_true", help="do not append to bench/results.jsonl")
+    ap.add_argument("--topic", default="", help="events topic to pre-load once and reuse (runs with the same --events "
+                    "read the same log; default: a fresh topic per run)")
+    ap.add_argument("--pair", nargs=2, metavar="LABEL[:STREAMSCORE_X=V,...]",
+                    help="an ABBA pair of two arms on one pre-loaded topic, without the latency phase (e.g. "
+                    "--pair rocksdb hashmap:STREAMSCORE_STATE_BACKEND=hashmap); prints per-arm means last")
     args = ap.parse_args(argv)
     overrides = dict(s.split("=", 1) for s in args.set)
-    result = bench(args.events, args.peer_events, args.latency_seconds, args.label, overrides)
+    if args.pair:
+        results = abba(parse_arm(args.pair[0]), parse_arm(args.pair[1]), args.events, args.peer_events, overrides,
+                       record=not args.no_record)
+        for r in results:
+            print(json.dumps(r))
+        print(json.dumps(pair_summary(results)))
+        return 0
+    result = bench(args.events, args.peer_events, args.latency_seconds, args.label, overrides, args.topic)
     if not args.no_record:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        with open(RESULTS, "a") as fh:
-            fh.write(json.dumps(result) + "\n")
-        write_history()
+        _record(result)
     print(json.dumps(result))
     return 0
 

@@ -367,7 +367,8 @@ def check_kafka(cfg: JobConfig, timeout_s: float = 10.0) -> None:
         print(f"[job] warning: {exc}", file=sys.stderr, flush=True)
 
 
-def _drain_when_stuck(cfg: JobConfig, client: Any, poll_s: float = 1.0) -> None:
+def _drain_when_stuck(cfg: JobConfig, client: Any, poll_s: float = 1.0,
+                      ended: threading.Event | None = None) -> None:
     """A bounded Kafka source whose enumerator was recreated from state (a restore from a
     checkpoint or savepoint, or a global failover) reads to its stopping offsets and then
     never finishes (FLINK-31006, open in connector 5.0.0). When the job's committed offsets
@@ -379,8 +380,10 @@ def _drain_when_stuck(cfg: JobConfig, client: Any, poll_s: float = 1.0) -> None:
     grace_s = 10.0 + 3 * cfg.checkpoint_interval_ms / 1000.0
     ends: dict[int, int] | None = None
     consumed_at = None
+    ended = ended or threading.Event()
     while consumed_at is None or time.monotonic() - consumed_at < grace_s:
-        time.sleep(poll_s)
+        if ended.wait(poll_s):  # the job finished on its own: nothing to drain
+            return
         if consumed_at is not None:
             continue
         try:
@@ -416,7 +419,7 @@ def run(cfg: JobConfig, wait: bool = True, ceiling: bool = False) -> dict[str, A
 
     def drain(client: Any) -> None:  # outlives run() in a process that goes on (demo): quiet once it ended
         try:
-            _drain_when_stuck(cfg, client)
+            _drain_when_stuck(cfg, client, ended=ended)
         except Exception:
             if not ended.is_set():
                 raise

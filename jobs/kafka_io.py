@@ -76,10 +76,12 @@ def produce_events(
     malformed_every: int = 0,
     seed: int = 7,
     progress: bool = True,
+    linger_ms: int = 20,
 ) -> ProduceReport:
     """Produce events (key = user_id) to ``topic``; with ``malformed_every`` = k, one bad
-    record of a rotating kind follows every k-th good one. ``rate_per_s`` paces the total."""
-    prod = producer(bootstrap)
+    record of a rotating kind follows every k-th good one. ``rate_per_s`` paces the total;
+    ``linger_ms`` is the producer's batching delay (0 for a paced replay)."""
+    prod = producer(bootstrap, **{"linger.ms": linger_ms})
     rng = random.Random(seed)
     rep = ProduceReport()
     t0 = time.monotonic()

@@ -35,3 +35,36 @@ def test_flink_conf_pass_through_is_validated():
     assert JobConfig(flink_conf="a.b=1;;c = two ").flink_settings() == {"a.b": "1", "c": "two"}
     with pytest.raises(ValueError, match="key=value"):
         JobConfig(flink_conf="state.backend.type")
+
+
+class _Running:
+    returncode = None
+
+    def poll(self):
+        return None
+
+
+def test_latency_replay_waits_for_a_checkpoint_newer_than_the_job(tmp_path):
+    import threading
+    import time
+
+    from jobs.bench import _wait_first_checkpoint
+
+    old = tmp_path / "job-old" / "chk-3"
+    old.mkdir(parents=True)
+    (old / "_metadata").write_bytes(b"x")
+    since = time.time() + 0.05  # a checkpoint of an earlier job does not count
+    time.sleep(0.1)
+
+    def later():
+        time.sleep(0.6)
+        new = tmp_path / "job-new" / "chk-1"
+        new.mkdir(parents=True)
+        (new / "_metadata").write_bytes(b"y")
+
+    threading.Thread(target=later).start()
+    t0 = time.time()
+    _wait_first_checkpoint(tmp_path.as_uri(), since, _Running(), timeout_s=10)
+    assert time.time() - t0 >= 0.5
+    with pytest.raises(RuntimeError, match="no checkpoint"):
+        _wait_first_checkpoint((tmp_path / "none").as_uri(), time.time(), _Running(), timeout_s=1)
