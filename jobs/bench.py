@@ -226,17 +226,19 @@ def _preload(bootstrap: str, events_topic: str, n_events: int) -> np.ndarray:
     return np.sort(np.array(ts, dtype=np.int64))
 
 
-def _bench_topics(bootstrap: str, events_topic: str) -> dict[str, str]:
-    """Fresh output topics; the events topic is ``events_topic`` when given (created once)."""
+def _bench_topics(bootstrap: str, events_topic: str, partitions: int = 1) -> dict[str, str]:
+    """Fresh output topics; the events topic is ``events_topic`` when given (created once,
+    with ``partitions`` partitions), else a fresh one with that many partitions."""
     topics = fresh_topics(bootstrap, "bench")
-    if events_topic:
-        kafka_local.create_topics(bootstrap, {events_topic: kafka_local.TOPICS["events"]})
-        topics["events"] = events_topic
+    if events_topic or partitions != 1:
+        name = events_topic or f"{topics['events']}-p{partitions}"
+        kafka_local.create_topics(bootstrap, {name: (partitions, kafka_local.TOPICS["events"][1])})
+        topics["events"] = name
     return topics
 
 
 def bench(n_events: int, peer_events: int, latency_s: float, label: str, env_overrides: dict[str, str],
-          events_topic: str = "", ceiling: bool = True) -> dict[str, Any]:
+          events_topic: str = "", ceiling: bool = True, partitions: int = 1) -> dict[str, Any]:
     from jobs.peer import run_peer
 
     broker = kafka_local.BrokerConfig.from_env()
@@ -248,7 +250,7 @@ def bench(n_events: int, peer_events: int, latency_s: float, label: str, env_ove
         spec = load_spec()
         if not REGISTRY.exists():
             subprocess.run([sys.executable, "-m", "models.train"], check=True, cwd=ROOT)
-        topics = _bench_topics(broker.bootstrap, events_topic)
+        topics = _bench_topics(broker.bootstrap, events_topic, partitions)
         event_ts = _preload(broker.bootstrap, topics["events"], n_events)
         env = job_env(broker.bootstrap, topics, STREAMSCORE_REGISTRY=str(REGISTRY))
 
@@ -306,7 +308,7 @@ def bench(n_events: int, peer_events: int, latency_s: float, label: str, env_ove
             "scores_out": len(out.scores), "snapshots_out": len(out.snapshots),
             "peer_events": peer.events if peer is not None else 0, "peer_feature_check": f"{same}/{len(checked)}",
             "settings": {k: v for k, v in os.environ.items() if k.startswith("STREAMSCORE_") and k in env_overrides},
-            "events_topic": topics["events"],
+            "events_topic": topics["events"], "events_partitions": partitions,
         }
         return result
     finally:
@@ -335,7 +337,7 @@ def parse_arm(text: str) -> tuple[str, dict[str, str]]:
 
 
 def abba(arm_a: tuple[str, dict[str, str]], arm_b: tuple[str, dict[str, str]], n_events: int, peer_events: int,
-         base: dict[str, str], record: bool = True) -> list[dict[str, Any]]:
+         base: dict[str, str], record: bool = True, partitions: int = 1) -> list[dict[str, Any]]:
     """Runs A, B, B, A on one pre-loaded events topic (JIT-cold runs and drift in the
     machine fall on both arms alike); each run is recorded with its pair id and position.
     The first run also measures the peer, the outer two the ceiling."""
@@ -347,7 +349,7 @@ def abba(arm_a: tuple[str, dict[str, str]], arm_b: tuple[str, dict[str, str]], n
     for pos, (label, settings) in enumerate((arm_a, arm_b, arm_b, arm_a)):
         _log(f"pair {pair_id}: run {pos + 1}/4 ({label})")
         res = bench(n_events, peer_events if pos == 0 else 0, 0.0, label, {**base, **settings}, topic,
-                    ceiling=pos in (0, 3))
+                    ceiling=pos in (0, 3), partitions=partitions)
         res.update(pair=pair_id, pair_position="ABBA"[pos])
         if record:
             _record(res)
@@ -414,16 +416,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pair", nargs=2, metavar="LABEL[:STREAMSCORE_X=V,...]",
                     help="an ABBA pair of two arms on one pre-loaded topic, without the latency phase (e.g. "
                     "--pair rocksdb hashmap:STREAMSCORE_STATE_BACKEND=hashmap); prints per-arm means last")
+    ap.add_argument("--partitions", type=int, default=1,
+                    help="partitions of the events topic (for STREAMSCORE_PARALLELISM > 1; default 1)")
     args = ap.parse_args(argv)
+    if args.partitions < 1:
+        ap.error("--partitions must be >= 1")
     overrides = dict(s.split("=", 1) for s in args.set)
     if args.pair:
         results = abba(parse_arm(args.pair[0]), parse_arm(args.pair[1]), args.events, args.peer_events, overrides,
-                       record=not args.no_record)
+                       record=not args.no_record, partitions=args.partitions)
         for r in results:
             print(json.dumps(r))
         print(json.dumps(pair_summary(results)))
         return 0
-    result = bench(args.events, args.peer_events, args.latency_seconds, args.label, overrides, args.topic)
+    result = bench(args.events, args.peer_events, args.latency_seconds, args.label, overrides, args.topic,
+                   partitions=args.partitions)
     if not args.no_record:
         _record(result)
     print(json.dumps(result))
