@@ -87,9 +87,8 @@ def _progress_marks(event_ts: np.ndarray, snapshots: list[tuple[Any, dict[str, A
     return int(done[lo]), int(done[hi]), append[lo] / 1000.0, append[hi] / 1000.0
 
 
-def _sustained_rate(event_ts: np.ndarray, snapshots: list[tuple[Any, dict[str, Any], int]], delay_ms: int) -> float | None:
+def sustained_rate(marks: tuple[int, int, float, float] | None) -> float | None:
     """Events per second between the 10% and 90% progress marks of the snapshot stream."""
-    marks = _progress_marks(event_ts, snapshots, delay_ms)
     if marks is None:
         return None
     e_lo, e_hi, t_lo, t_hi = marks
@@ -142,6 +141,7 @@ def _latency_phase(bootstrap: str, broker_pid: int, rate: float, seconds: float,
     started = time.time()
     log = tempfile.TemporaryFile("w+")  # a pipe nobody reads would block the job once full
     proc = start_job(env, "--unbounded", text=True, stdout=subprocess.DEVNULL, stderr=log)
+    log.close()  # the job holds its own descriptor
     try:
         # the replay starts once the job runs and has completed a checkpoint (start-up is
         # not measured); its first windows are a warm-up, left out below
@@ -267,7 +267,7 @@ def bench(n_events: int, peer_events: int, latency_s: float, label: str, env_ove
         job_rate = n_events / job_info["running_s"]
         out = read_outputs(broker.bootstrap, topics["scores"], topics["feature-snapshots"], topics["dead-letters"])
         marks = _progress_marks(event_ts, out.snapshots, source_watermark_ms(spec))  # windows fire at that lag
-        sustained = _sustained_rate(event_ts, out.snapshots, source_watermark_ms(spec))
+        sustained = sustained_rate(marks)
         per_cpu = steady_events_per_cpu_s(marks, job_stats)
         _log(f"job {job_rate:,.0f} events/s (sustained {sustained or 0:,.0f}); {len(out.scores)} scores")
 

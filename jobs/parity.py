@@ -18,7 +18,7 @@ from jobs.job_runner import fresh_topics, job_env, run_job
 from jobs.kafka_io import produce_events, read_topic
 from jobs.paths import REGISTRY
 from transforms.codecs import decode, validate_event
-from transforms.parity import Groups, compare, exact_features
+from transforms.parity import Groups, compare, exact_features, snapshot_groups
 from transforms.reference import compute_features
 from transforms.spec import FeatureSpec, load_spec
 
@@ -32,10 +32,7 @@ def flink_features(bootstrap: str, events: list[dict[str, Any]], spec_path: str 
     topics = fresh_topics(bootstrap, "parity")
     produce_events(bootstrap, topics["events"], iter(events), total=len(events))
     run_job(job_env(bootstrap, topics, STREAMSCORE_SPEC=spec_path, STREAMSCORE_REGISTRY=str(REGISTRY)))
-    groups: Groups = {}
-    for _, v, _ in read_topic(bootstrap, topics["feature-snapshots"], lambda b: decode(b, "feature_snapshot")):
-        groups.setdefault(v["feature_group"], {})[(v["entity_id"], v["window_start_ms"])] = v["features"]
-    return groups
+    return snapshot_groups(read_topic(bootstrap, topics["feature-snapshots"], lambda b: decode(b, "feature_snapshot")))
 
 
 def run_parity(spec: FeatureSpec, events: list[dict[str, Any]], bootstrap: str | None, spec_path: str = "",

@@ -40,14 +40,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
-PROMOTIONS = {
-    "int": frozenset({"long", "float", "double"}),
-    "long": frozenset({"float", "double"}),
-    "float": frozenset({"double"}),
-    "string": frozenset({"bytes"}),
-    "bytes": frozenset({"string"}),
-}
+from transforms.schema_compat import PRIMITIVES, PROMOTIONS, full_name
+
 _DOUBLE = struct.Struct("<d")
 _FLOAT = struct.Struct("<f")
 
@@ -134,10 +128,6 @@ def _index(cur: _Cursor, field: str, size: int, what: str) -> int:
     return i
 
 
-def _full_name(name: str, namespace: str | None) -> str:
-    return name if "." in name or not namespace else f"{namespace}.{name}"
-
-
 class _Names:
     """Named types of one schema by full and short name."""
 
@@ -148,12 +138,12 @@ class _Names:
         if isinstance(schema, dict) and schema.get("type") in PRIMITIVES:
             schema = schema["type"]  # {"type": "long"}
         if isinstance(schema, str) and schema not in PRIMITIVES:
-            for cand in (_full_name(schema, namespace), schema):
+            for cand in (full_name(schema, namespace), schema):
                 if cand in self.types:
                     return self.types[cand]
             raise SchemaPlanError(f"unknown type name {schema!r}")
         if isinstance(schema, dict) and schema.get("type") in ("enum", "fixed"):
-            full = _full_name(str(schema["name"]), schema.get("namespace", namespace))
+            full = full_name(str(schema["name"]), schema.get("namespace", namespace))
             self.types[full] = schema
             self.types.setdefault(str(schema["name"]), schema)
         return schema
@@ -168,9 +158,9 @@ def _kind(schema: Any) -> str:
 
 
 def _names_match(w: dict[str, Any], r: dict[str, Any], w_ns: str | None, r_ns: str | None) -> bool:
-    wf = _full_name(str(w["name"]), w.get("namespace", w_ns))
-    rf = _full_name(str(r["name"]), r.get("namespace", r_ns))
-    aliases = {_full_name(a, r.get("namespace", r_ns)) for a in r.get("aliases", [])}
+    wf = full_name(str(w["name"]), w.get("namespace", w_ns))
+    rf = full_name(str(r["name"]), r.get("namespace", r_ns))
+    aliases = {full_name(a, r.get("namespace", r_ns)) for a in r.get("aliases", [])}
     return wf == rf or wf in aliases or str(w["name"]) == str(r["name"])
 
 
@@ -196,7 +186,7 @@ def _primitive_reader(kind: str, target: str) -> Reader:
     raise SchemaPlanError(f"unsupported type {kind}")
 
 
-def _matches(w: Any, r: Any, wn: _Names, rn: _Names, w_ns: str | None, r_ns: str | None) -> bool:
+def _matches(w: Any, r: Any, w_ns: str | None, r_ns: str | None) -> bool:
     wk, rk = _kind(w), _kind(r)
     if wk in ("enum", "fixed"):
         return rk == wk and _names_match(w, r, w_ns, r_ns)
@@ -225,10 +215,10 @@ def _resolve(w: Any, r: Any, wn: _Names, rn: _Names, w_ns: str | None, r_ns: str
     if rk == "union":
         wr = [rn.resolve(b, r_ns) for b in r]
         for b in wr:
-            if _matches(w, b, wn, rn, w_ns, r_ns) and _kind(b) == wk:
+            if _matches(w, b, w_ns, r_ns) and _kind(b) == wk:
                 return _resolve(w, b, wn, rn, w_ns, r_ns, where)
         for b in wr:
-            if _matches(w, b, wn, rn, w_ns, r_ns):
+            if _matches(w, b, w_ns, r_ns):
                 return _resolve(w, b, wn, rn, w_ns, r_ns, where)
         raise SchemaPlanError(f"{where}: writer type {wk} matches no reader union branch")
     if wk == "enum":

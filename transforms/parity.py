@@ -10,11 +10,26 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 Groups = dict[str, dict[tuple[str, int], dict[str, float]]]
 REL_TOL = 1e-9
 ABS_TOL = 1e-9
+
+
+def snapshot_groups(snapshots: Iterable[tuple[Any, dict[str, Any], Any]]) -> Groups:
+    """Feature snapshots read from Kafka (``(key, value, ts)``) as ``Groups``; a repeated
+    (group, entity, window) keeps the last.
+
+    >>> snapshot_groups([(b"k", {"feature_group": "g", "entity_id": "u1", "window_start_ms": 0,
+    ...                          "features": {"n": 2.0}}, 5)])
+    {'g': {('u1', 0): {'n': 2.0}}}
+    """
+    groups: Groups = {}
+    for _, v, _ in snapshots:
+        groups.setdefault(v["feature_group"], {})[(v["entity_id"], v["window_start_ms"])] = v["features"]
+    return groups
 
 
 def values_equal(want: float, got: float, exact: bool) -> bool:

@@ -35,7 +35,8 @@ PROMOTIONS = {
 }
 
 
-def _full_name(name: str, namespace: str | None) -> str:
+def full_name(name: str, namespace: str | None) -> str:
+    """An Avro name qualified by its namespace (a dotted name is already full)."""
     return name if "." in name or not namespace else f"{namespace}.{name}"
 
 
@@ -49,7 +50,7 @@ def _named_types(schema: Any, namespace: str | None = None, out: dict[str, dict[
     elif isinstance(schema, dict):
         kind = schema.get("type")
         if kind in NAMED:
-            full = _full_name(str(schema["name"]), schema.get("namespace", namespace))
+            full = full_name(str(schema["name"]), schema.get("namespace", namespace))
             out[full] = {**schema, "_full_name": full}
             inner_ns = full.rpartition(".")[0] or None
             for field in schema.get("fields", []) if kind in ("record", "error") else []:
@@ -69,14 +70,14 @@ class _Side:
 
     def expand(self, schema: Any, namespace: str | None) -> Any:
         if isinstance(schema, str) and schema not in PRIMITIVES:
-            for candidate in (_full_name(schema, namespace), schema):
+            for candidate in (full_name(schema, namespace), schema):
                 if candidate in self.types:
                     return self.types[candidate]
             raise ValueError(f"unknown type name {schema!r}")
         if isinstance(schema, dict):
             kind = schema.get("type")
             if kind in NAMED:
-                full = _full_name(str(schema["name"]), schema.get("namespace", namespace))
+                full = full_name(str(schema["name"]), schema.get("namespace", namespace))
                 return self.types.get(full, schema)
             if isinstance(kind, str) and kind in PRIMITIVES:
                 return kind  # {"type": "long", "logicalType": ...}: the underlying type
@@ -104,7 +105,7 @@ def _names_match(reader: dict[str, Any], writer: dict[str, Any]) -> bool:
     if r_full == w_full:
         return True
     r_ns = str(r_full).rpartition(".")[0] or None
-    return w_full in {_full_name(str(a), r_ns) for a in reader.get("aliases", [])}
+    return w_full in {full_name(str(a), r_ns) for a in reader.get("aliases", [])}
 
 
 def _ns(schema: Any) -> str | None:

@@ -29,7 +29,7 @@ from transforms.codecs import (
     header_schema_version,
     try_decode_event,
 )
-from transforms.parity import compare, exact_features
+from transforms.parity import compare, exact_features, snapshot_groups
 from transforms.reference import compute_features, model_rows
 from transforms.spec import load_spec
 
@@ -153,9 +153,7 @@ def test_every_good_event_is_counted(run):
     """Feature snapshots equal the reference over the good events: v1 and v2 alike, and
     both copies of a duplicated event_id."""
     out, ref, spec = run["out"], run["ref"], run["spec"]
-    flink: dict = {}
-    for _, v, _ in out.snapshots:
-        flink.setdefault(v["feature_group"], {})[(v["entity_id"], v["window_start_ms"])] = v["features"]
+    flink = snapshot_groups(out.snapshots)
     assert sum(len(g) for g in flink.values()) == len(out.snapshots), "duplicate snapshots"
     report = compare(ref.groups, flink, exact_features(spec))
     assert report["mismatches"] == 0, report

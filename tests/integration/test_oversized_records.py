@@ -18,7 +18,7 @@ from tests.integration.conftest import fresh_topics, job_env, run_job
 from tests.integration.pipeline_data import dead_letter_event_id
 from transforms.codecs import DeadLetterReason, encode_event, event_message
 from transforms.dead_letters import DEFAULT_MAX_RAW_BYTES, dead_letter
-from transforms.parity import compare, exact_features
+from transforms.parity import compare, exact_features, snapshot_groups
 from transforms.reference import compute_features, model_rows
 from transforms.spec import load_spec
 
@@ -145,9 +145,7 @@ def test_late_events_keep_their_whole_value(run):
 def test_every_good_event_is_counted(run):
     out, ref, spec = run["out"], run["ref"], run["spec"]
     assert len(out.dead_letters) == len(OVERSIZED) + len(ref.late)
-    flink: dict = {}
-    for _, v, _ in out.snapshots:
-        flink.setdefault(v["feature_group"], {})[(v["entity_id"], v["window_start_ms"])] = v["features"]
+    flink = snapshot_groups(out.snapshots)
     assert sum(len(g) for g in flink.values()) == len(out.snapshots), "duplicate snapshots"
     report = compare(ref.groups, flink, exact_features(spec))
     assert report["mismatches"] == 0, report

@@ -10,7 +10,7 @@ import pytest
 from jobs.outputs import read_outputs
 from tests.integration.conftest import fresh_topics, job_env, run_job
 from tests.integration.pipeline_data import T0, build, dead_letter_event_id, produce
-from transforms.parity import compare, exact_features
+from transforms.parity import compare, exact_features, snapshot_groups
 from transforms.reference import compute_features, model_rows
 from transforms.scoring import ModelEntry, OnnxScorer, Registry
 from transforms.spec import AGGS, load_spec
@@ -72,9 +72,7 @@ def test_three_engines_agree_on_every_feature(run):
     from jobs.beam_pipelines import run_features
 
     out, ref, spec = run["out"], run["ref"], run["spec"]
-    flink: dict = {}
-    for _, v, _ in out.snapshots:
-        flink.setdefault(v["feature_group"], {})[(v["entity_id"], v["window_start_ms"])] = v["features"]
+    flink = snapshot_groups(out.snapshots)
     assert sum(len(g) for g in flink.values()) == len(out.snapshots), "duplicate snapshots"
     exact = exact_features(spec)
     flink_report = compare(ref.groups, flink, exact)
